@@ -1,0 +1,777 @@
+//! x86 MSI messages: the raw address/data pair and the compatibility format.
+//!
+//! Compatibility-format address (low 32 bits):
+//!
+//! | bits  | field |
+//! |-------|-------|
+//! | 1:0   | reserved |
+//! | 2     | destination mode (0 physical, 1 logical) |
+//! | 3     | redirection hint |
+//! | 4     | interrupt format: 0 here (1 = VT-d remappable format) |
+//! | 11:5  | extended destination ID = APIC ID bits 14:8 (only with `KVM_FEATURE_MSI_EXT_DEST_ID`) |
+//! | 19:12 | APIC ID bits 7:0 |
+//! | 31:20 | `0xFEE` |
+//!
+//! The high address is 0 for device interrupts. Data: 7:0 vector, 10:8 delivery mode, 11 reserved,
+//! 13:12 reserved, 14 level (assert), 15 trigger mode (0 edge, 1 level), 31:16 reserved.
+
+use core::fmt;
+
+use bitfield_struct::bitfield;
+use zerocopy::byteorder::little_endian::U32;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::{LengthError, MSI_ADDRESS_BASE, MSI_ADDRESS_BASE_MASK};
+
+/// Address bit 4: the interrupt format bit (1 = VT-d remappable format, 0 = compatibility).
+pub const ADDRESS_FORMAT_REMAPPABLE: u32 = 1 << 4;
+
+/// The largest APIC ID a compatibility-format message can address without the extended
+/// destination ID (8 bits).
+pub const MAX_DEST_ID: u32 = 0xFF;
+
+/// The largest APIC ID a compatibility-format message can address with the extended destination
+/// ID (15 bits: APIC ID 14:8 in address bits 11:5, 7:0 in address bits 19:12).
+pub const MAX_EXT_DEST_ID: u32 = 0x7FFF;
+
+/// The MSI address/data pair a device writes to raise an interrupt.
+///
+/// This is the message itself, whatever its format; [`classify`] tells the formats apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct MsiMessage {
+    /// Address bits 31:0.
+    pub address_lo: u32,
+    /// Address bits 63:32.
+    pub address_hi: u32,
+    /// Message data (32 bits; MSI uses only 15:0, MSI-X all 32).
+    pub data: u32,
+}
+
+impl MsiMessage {
+    /// Size of the byte serialization ([`MsiMessage::to_bytes`]).
+    pub const SIZE: usize = 12;
+
+    /// Builds a message from its three words.
+    pub const fn new(address_lo: u32, address_hi: u32, data: u32) -> Self {
+        Self {
+            address_lo,
+            address_hi,
+            data,
+        }
+    }
+
+    /// The full 64-bit address.
+    pub const fn address(&self) -> u64 {
+        ((self.address_hi as u64) << 32) | self.address_lo as u64
+    }
+
+    /// Serializes as `address_lo`, `address_hi`, `data`, each little-endian.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[0..4].copy_from_slice(&self.address_lo.to_le_bytes());
+        out[4..8].copy_from_slice(&self.address_hi.to_le_bytes());
+        out[8..12].copy_from_slice(&self.data.to_le_bytes());
+        out
+    }
+
+    /// Parses the serialization of [`MsiMessage::to_bytes`]; `bytes` must be exactly 12 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, LengthError> {
+        let Ok(b) = <&[u8; Self::SIZE]>::try_from(bytes) else {
+            return Err(LengthError {
+                expected: Self::SIZE,
+                actual: bytes.len(),
+            });
+        };
+        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Ok(Self {
+            address_lo: word(0),
+            address_hi: word(4),
+            data: word(8),
+        })
+    }
+}
+
+/// Layout of a compatibility-format MSI address (low 32 bits).
+///
+/// Build it from untrusted bits with [`CompatAddress::from_u32`] and read it with the getters;
+/// never call the `with_*`/`set_*` setters on untrusted values (they panic on overflow).
+#[bitfield(u32, repr = U32, from = U32::new, into = U32::get)]
+#[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct CompatAddress {
+    /// Bits 1:0: reserved.
+    #[bits(2)]
+    _reserved_1_0: u8,
+    /// Bit 2: destination mode (0 physical, 1 logical).
+    pub dest_mode_logical: bool,
+    /// Bit 3: redirection hint.
+    pub redirection_hint: bool,
+    /// Bit 4: interrupt format (must be 0 for the compatibility format).
+    pub remappable: bool,
+    /// Bits 11:5: extended destination ID (APIC ID bits 14:8).
+    #[bits(7)]
+    pub ext_dest_id: u8,
+    /// Bits 19:12: APIC ID bits 7:0.
+    pub dest_id: u8,
+    /// Bits 31:20: must be `0xFEE`.
+    #[bits(12)]
+    pub base: u16,
+}
+
+impl CompatAddress {
+    /// Reserved bits (1:0).
+    pub const RESERVED_MASK: u32 = 0x0000_0003;
+
+    /// Wraps raw address bits.
+    pub const fn from_u32(bits: u32) -> Self {
+        Self::from_bits(U32::new(bits))
+    }
+
+    /// The raw address bits.
+    pub const fn to_u32(self) -> u32 {
+        self.into_bits().get()
+    }
+}
+
+/// Layout of compatibility-format MSI data.
+///
+/// Build it from untrusted bits with [`CompatData::from_u32`] and read it with the getters.
+#[bitfield(u32, repr = U32, from = U32::new, into = U32::get)]
+#[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct CompatData {
+    /// Bits 7:0: vector.
+    pub vector: u8,
+    /// Bits 10:8: delivery mode (see [`DeliveryMode`]).
+    #[bits(3)]
+    pub delivery_mode: u8,
+    /// Bits 13:11: reserved.
+    #[bits(3)]
+    _reserved_13_11: u8,
+    /// Bit 14: level (1 = assert).
+    pub level_assert: bool,
+    /// Bit 15: trigger mode (0 edge, 1 level).
+    pub trigger_level: bool,
+    /// Bits 31:16: reserved.
+    _reserved_31_16: u16,
+}
+
+impl CompatData {
+    /// Reserved bits (11, 13:12, 31:16). Bit 11 is documented as reserved only in code comments
+    /// (unconfirmed by the vendors' text); it is treated as reserved.
+    pub const RESERVED_MASK: u32 = 0xFFFF_3800;
+
+    /// Wraps raw data bits.
+    pub const fn from_u32(bits: u32) -> Self {
+        Self::from_bits(U32::new(bits))
+    }
+
+    /// The raw data bits.
+    pub const fn to_u32(self) -> u32 {
+        self.into_bits().get()
+    }
+}
+
+/// Delivery mode of a compatibility-format message (data bits 10:8).
+///
+/// Values 3 and 6 are reserved and rejected by [`DeliveryMode::from_bits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[repr(u8)]
+pub enum DeliveryMode {
+    /// 0: fixed.
+    Fixed = 0,
+    /// 1: lowest priority.
+    LowestPriority = 1,
+    /// 2: system management interrupt.
+    Smi = 2,
+    /// 4: non-maskable interrupt.
+    Nmi = 4,
+    /// 5: INIT.
+    Init = 5,
+    /// 7: external interrupt (ExtINT).
+    ExtInt = 7,
+}
+
+impl DeliveryMode {
+    /// Decodes the 3-bit field; `None` for the reserved values 3 and 6 and for values above 7.
+    pub const fn from_bits(bits: u8) -> Option<Self> {
+        match bits {
+            0 => Some(Self::Fixed),
+            1 => Some(Self::LowestPriority),
+            2 => Some(Self::Smi),
+            4 => Some(Self::Nmi),
+            5 => Some(Self::Init),
+            7 => Some(Self::ExtInt),
+            _ => None,
+        }
+    }
+
+    /// The 3-bit field value.
+    pub const fn bits(self) -> u8 {
+        self as u8
+    }
+}
+
+/// A decoded compatibility-format MSI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct CompatMsi {
+    /// Destination APIC ID: up to 255, or up to 32767 with the extended destination ID (bits
+    /// 14:8 in address bits 11:5).
+    pub dest_id: u32,
+    /// Destination mode: `true` = logical (address bit 2).
+    pub dest_mode_logical: bool,
+    /// Redirection hint (address bit 3).
+    pub redirection_hint: bool,
+    /// Vector (data bits 7:0).
+    pub vector: u8,
+    /// Delivery mode (data bits 10:8).
+    pub delivery_mode: DeliveryMode,
+    /// Level: `true` = assert (data bit 14).
+    pub level_assert: bool,
+    /// Trigger mode: `true` = level, `false` = edge (data bit 15).
+    pub trigger_level: bool,
+}
+
+impl CompatMsi {
+    /// Encodes the message. `ext_dest_id` says whether the hypervisor offers the extended
+    /// destination ID (`KVM_FEATURE_MSI_EXT_DEST_ID`); without it only APIC IDs up to 255 are
+    /// addressable, with it up to 32767.
+    pub fn encode(&self, ext_dest_id: bool) -> Result<MsiMessage, MsiError> {
+        let max = if ext_dest_id {
+            MAX_EXT_DEST_ID
+        } else {
+            MAX_DEST_ID
+        };
+        if self.dest_id > max {
+            return Err(MsiError::DestinationTooLarge {
+                dest_id: self.dest_id,
+                max,
+            });
+        }
+        let address = MSI_ADDRESS_BASE
+            | ((self.dest_id & 0xFF) << 12)
+            | (((self.dest_id >> 8) & 0x7F) << 5)
+            | ((self.redirection_hint as u32) << 3)
+            | ((self.dest_mode_logical as u32) << 2);
+        let data = self.vector as u32
+            | ((self.delivery_mode.bits() as u32) << 8)
+            | ((self.level_assert as u32) << 14)
+            | ((self.trigger_level as u32) << 15);
+        Ok(MsiMessage::new(address, 0, data))
+    }
+
+    /// Decodes a compatibility-format message. Checks, in order: high address zero, address
+    /// window `0xFEE`, format bit 4 clear, reserved address bits 1:0 clear, extended destination
+    /// bits 11:5 clear unless `ext_dest_id`, reserved data bits clear, delivery mode defined.
+    pub fn decode(msg: MsiMessage, ext_dest_id: bool) -> Result<Self, MsiError> {
+        if classify(msg)? == MessageKind::Remappable {
+            return Err(MsiError::RemappableFormat(msg.address_lo));
+        }
+        let addr = CompatAddress::from_u32(msg.address_lo);
+        let reserved = msg.address_lo & CompatAddress::RESERVED_MASK;
+        if reserved != 0 {
+            return Err(MsiError::AddressReservedBits(reserved));
+        }
+        if !ext_dest_id && addr.ext_dest_id() != 0 {
+            return Err(MsiError::ExtDestIdNotEnabled(addr.ext_dest_id()));
+        }
+        let reserved = msg.data & CompatData::RESERVED_MASK;
+        if reserved != 0 {
+            return Err(MsiError::DataReservedBits(reserved));
+        }
+        let data = CompatData::from_u32(msg.data);
+        let Some(delivery_mode) = DeliveryMode::from_bits(data.delivery_mode()) else {
+            return Err(MsiError::ReservedDeliveryMode(data.delivery_mode()));
+        };
+        Ok(Self {
+            dest_id: ((addr.ext_dest_id() as u32) << 8) | addr.dest_id() as u32,
+            dest_mode_logical: addr.dest_mode_logical(),
+            redirection_hint: addr.redirection_hint(),
+            vector: data.vector(),
+            delivery_mode,
+            level_assert: data.level_assert(),
+            trigger_level: data.trigger_level(),
+        })
+    }
+}
+
+/// The two x86 MSI address formats, told apart by address bit 4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum MessageKind {
+    /// Bit 4 clear: compatibility format ([`CompatMsi`]), the APIC destination is in the address.
+    Compat,
+    /// Bit 4 set: VT-d remappable format ([`RemappableMsi`](super::vtd::RemappableMsi)), the
+    /// address carries an interrupt remapping table handle.
+    Remappable,
+}
+
+/// Classifies a message by its interrupt format bit (address bit 4), after checking that it is
+/// an interrupt message at all: high address 0 and address bits 31:20 = `0xFEE`.
+pub fn classify(msg: MsiMessage) -> Result<MessageKind, MsiError> {
+    if msg.address_hi != 0 {
+        return Err(MsiError::AddressHighNonZero(msg.address_hi));
+    }
+    if msg.address_lo & MSI_ADDRESS_BASE_MASK != MSI_ADDRESS_BASE {
+        return Err(MsiError::BadAddressBase(msg.address_lo));
+    }
+    if msg.address_lo & ADDRESS_FORMAT_REMAPPABLE != 0 {
+        Ok(MessageKind::Remappable)
+    } else {
+        Ok(MessageKind::Compat)
+    }
+}
+
+/// Errors encoding, decoding or classifying an x86 MSI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MsiError {
+    /// The high address (carried) is not 0.
+    AddressHighNonZero(u32),
+    /// Address bits 31:20 of the low address (carried) are not `0xFEE`.
+    BadAddressBase(u32),
+    /// Address bit 4 is set: the message (low address carried) is in the remappable format.
+    RemappableFormat(u32),
+    /// Reserved address bits 1:0 are set (the set reserved bits are carried).
+    AddressReservedBits(u32),
+    /// Extended destination ID bits 11:5 (carried) are nonzero but the extended destination ID
+    /// is not offered.
+    ExtDestIdNotEnabled(u8),
+    /// Reserved data bits (11, 13:12, 31:16) are set (the set reserved bits are carried).
+    DataReservedBits(u32),
+    /// Delivery mode (carried) is a reserved value (3 or 6).
+    ReservedDeliveryMode(u8),
+    /// The destination APIC ID is not addressable.
+    DestinationTooLarge {
+        /// The requested APIC ID.
+        dest_id: u32,
+        /// The largest addressable APIC ID (255, or 32767 with the extended destination ID).
+        max: u32,
+    },
+}
+
+impl fmt::Display for MsiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::AddressHighNonZero(hi) => write!(f, "MSI high address {hi:#010x} is not 0"),
+            Self::BadAddressBase(lo) => {
+                write!(
+                    f,
+                    "MSI address {lo:#010x} is outside the 0xFEE interrupt window"
+                )
+            }
+            Self::RemappableFormat(lo) => write!(
+                f,
+                "MSI address {lo:#010x} has format bit 4 set (remappable, not compatibility)"
+            ),
+            Self::AddressReservedBits(bits) => {
+                write!(f, "MSI address reserved bits {bits:#x} are set")
+            }
+            Self::ExtDestIdNotEnabled(ext) => write!(
+                f,
+                "MSI extended destination ID {ext:#x} in address bits 11:5 without the extended destination ID feature"
+            ),
+            Self::DataReservedBits(bits) => write!(f, "MSI data reserved bits {bits:#x} are set"),
+            Self::ReservedDeliveryMode(mode) => {
+                write!(f, "MSI delivery mode {mode} is reserved")
+            }
+            Self::DestinationTooLarge { dest_id, max } => write!(
+                f,
+                "destination APIC ID {dest_id} exceeds {max}, the largest addressable"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fixed(dest_id: u32, vector: u8) -> CompatMsi {
+        CompatMsi {
+            dest_id,
+            dest_mode_logical: false,
+            redirection_hint: false,
+            vector,
+            delivery_mode: DeliveryMode::Fixed,
+            level_assert: false,
+            trigger_level: false,
+        }
+    }
+
+    #[test]
+    fn msi_message_bytes_are_lo_hi_data_little_endian() {
+        let msg = MsiMessage::new(0xFEE0_1004, 0x0000_0001, 0x0000_4031);
+        let bytes = msg.to_bytes();
+        assert_eq!(
+            bytes,
+            [
+                0x04, 0x10, 0xE0, 0xFE, 0x01, 0x00, 0x00, 0x00, 0x31, 0x40, 0x00, 0x00
+            ]
+        );
+        assert_eq!(MsiMessage::from_bytes(&bytes), Ok(msg));
+        assert_eq!(msg.address(), 0x1_FEE0_1004);
+    }
+
+    #[test]
+    fn msi_message_from_bytes_rejects_wrong_length() {
+        assert_eq!(
+            MsiMessage::from_bytes(&[0u8; 11]),
+            Err(LengthError {
+                expected: 12,
+                actual: 11
+            })
+        );
+        assert_eq!(
+            MsiMessage::from_bytes(&[0u8; 13]),
+            Err(LengthError {
+                expected: 12,
+                actual: 13
+            })
+        );
+    }
+
+    #[test]
+    fn compat_address_field_offsets_match_spec_table() {
+        assert_eq!(CompatAddress::DEST_MODE_LOGICAL_OFFSET, 2);
+        assert_eq!(CompatAddress::REDIRECTION_HINT_OFFSET, 3);
+        assert_eq!(CompatAddress::REMAPPABLE_OFFSET, 4);
+        assert_eq!(
+            (
+                CompatAddress::EXT_DEST_ID_OFFSET,
+                CompatAddress::EXT_DEST_ID_BITS
+            ),
+            (5, 7)
+        );
+        assert_eq!(
+            (CompatAddress::DEST_ID_OFFSET, CompatAddress::DEST_ID_BITS),
+            (12, 8)
+        );
+        assert_eq!(
+            (CompatAddress::BASE_OFFSET, CompatAddress::BASE_BITS),
+            (20, 12)
+        );
+        assert_eq!(core::mem::size_of::<CompatAddress>(), 4);
+    }
+
+    #[test]
+    fn compat_data_field_offsets_match_spec_table() {
+        assert_eq!((CompatData::VECTOR_OFFSET, CompatData::VECTOR_BITS), (0, 8));
+        assert_eq!(
+            (
+                CompatData::DELIVERY_MODE_OFFSET,
+                CompatData::DELIVERY_MODE_BITS
+            ),
+            (8, 3)
+        );
+        assert_eq!(CompatData::LEVEL_ASSERT_OFFSET, 14);
+        assert_eq!(CompatData::TRIGGER_LEVEL_OFFSET, 15);
+        // The reserved mask is exactly the complement of the named fields.
+        let used = 0xFFu32 | (0x7 << 8) | (1 << 14) | (1 << 15);
+        assert_eq!(CompatData::RESERVED_MASK, !used);
+    }
+
+    #[test]
+    fn compat_bitfields_store_little_endian() {
+        let a = CompatAddress::from_u32(0xFEE1_2345);
+        assert_eq!(a.as_bytes(), &[0x45, 0x23, 0xE1, 0xFE]);
+        assert_eq!(a.base(), 0xFEE);
+        assert_eq!(a.dest_id(), 0x12);
+        let d = CompatData::from_u32(0x0000_C4EF);
+        assert_eq!(d.as_bytes(), &[0xEF, 0xC4, 0, 0]);
+        assert_eq!(d.vector(), 0xEF);
+        assert_eq!(d.delivery_mode(), 4);
+        assert!(d.level_assert() && d.trigger_level());
+    }
+
+    #[test]
+    fn compat_apic_id_7_0_at_address_bits_19_12() {
+        let msg = fixed(0xAB, 0).encode(false).unwrap();
+        assert_eq!(msg.address_lo, 0xFEE0_0000 | (0xAB << 12));
+        assert_eq!(msg.address_hi, 0);
+    }
+
+    #[test]
+    fn compat_ext_dest_apic_id_14_8_at_address_bits_11_5() {
+        let msg = fixed(0x7F00, 0).encode(true).unwrap();
+        assert_eq!(msg.address_lo, 0xFEE0_0000 | (0x7F << 5));
+        let msg = fixed(0x0100, 0).encode(true).unwrap();
+        assert_eq!(msg.address_lo, 0xFEE0_0020);
+    }
+
+    #[test]
+    fn compat_dest_mode_at_address_bit_2_redirection_hint_at_bit_3() {
+        let mut m = fixed(0, 0);
+        m.dest_mode_logical = true;
+        assert_eq!(m.encode(false).unwrap().address_lo, 0xFEE0_0004);
+        let mut m = fixed(0, 0);
+        m.redirection_hint = true;
+        assert_eq!(m.encode(false).unwrap().address_lo, 0xFEE0_0008);
+    }
+
+    #[test]
+    fn compat_vector_data_7_0_delivery_10_8_level_14_trigger_15() {
+        assert_eq!(fixed(0, 0x31).encode(false).unwrap().data, 0x31);
+        let mut m = fixed(0, 0);
+        m.delivery_mode = DeliveryMode::ExtInt;
+        assert_eq!(m.encode(false).unwrap().data, 0x700);
+        let mut m = fixed(0, 0);
+        m.level_assert = true;
+        assert_eq!(m.encode(false).unwrap().data, 0x4000);
+        let mut m = fixed(0, 0);
+        m.trigger_level = true;
+        assert_eq!(m.encode(false).unwrap().data, 0x8000);
+    }
+
+    #[test]
+    fn golden_linux_fixed_edge_physical_apic_3_vector_0x41() {
+        // Linux without IR: dest 3, physical, fixed, edge, vector 0x41.
+        let msg = fixed(3, 0x41).encode(false).unwrap();
+        assert_eq!(msg, MsiMessage::new(0xFEE0_3000, 0, 0x0000_0041));
+        assert_eq!(CompatMsi::decode(msg, false), Ok(fixed(3, 0x41)));
+    }
+
+    #[test]
+    fn golden_ext_dest_apic_id_0x1234() {
+        // APIC ID 0x1234: bits 7:0 = 0x34 -> address 19:12, bits 14:8 = 0x12 -> address 11:5.
+        let msg = fixed(0x1234, 0x20).encode(true).unwrap();
+        assert_eq!(msg.address_lo, 0xFEE0_0000 | (0x34 << 12) | (0x12 << 5));
+        assert_eq!(msg.address_lo, 0xFEE3_4240);
+        assert_eq!(CompatMsi::decode(msg, true), Ok(fixed(0x1234, 0x20)));
+        assert_eq!(
+            CompatMsi::decode(msg, false),
+            Err(MsiError::ExtDestIdNotEnabled(0x12))
+        );
+    }
+
+    #[test]
+    fn encode_rejects_unaddressable_destinations() {
+        assert_eq!(
+            fixed(256, 0).encode(false),
+            Err(MsiError::DestinationTooLarge {
+                dest_id: 256,
+                max: 255
+            })
+        );
+        assert_eq!(
+            fixed(32768, 0).encode(true),
+            Err(MsiError::DestinationTooLarge {
+                dest_id: 32768,
+                max: 32767
+            })
+        );
+        // 32767: APIC ID 7:0 = 0xFF in address 19:12, 14:8 = 0x7F in address 11:5.
+        assert_eq!(
+            fixed(32767, 0).encode(true),
+            Ok(MsiMessage::new(0xFEEF_FFE0, 0, 0))
+        );
+        assert_eq!(
+            fixed(255, 0).encode(false),
+            Ok(MsiMessage::new(0xFEEF_F000, 0, 0))
+        );
+    }
+
+    #[test]
+    fn decode_errors_each_named_check() {
+        let ok = MsiMessage::new(0xFEE0_0000, 0, 0x20);
+        assert_eq!(CompatMsi::decode(ok, false), Ok(fixed(0, 0x20)));
+        assert_eq!(
+            CompatMsi::decode(
+                MsiMessage {
+                    address_hi: 1,
+                    ..ok
+                },
+                false
+            ),
+            Err(MsiError::AddressHighNonZero(1))
+        );
+        assert_eq!(
+            CompatMsi::decode(
+                MsiMessage {
+                    address_lo: 0xFED0_0000,
+                    ..ok
+                },
+                false
+            ),
+            Err(MsiError::BadAddressBase(0xFED0_0000))
+        );
+        assert_eq!(
+            CompatMsi::decode(
+                MsiMessage {
+                    address_lo: 0xFEE0_0010,
+                    ..ok
+                },
+                false
+            ),
+            Err(MsiError::RemappableFormat(0xFEE0_0010))
+        );
+        assert_eq!(
+            CompatMsi::decode(
+                MsiMessage {
+                    address_lo: 0xFEE0_0002,
+                    ..ok
+                },
+                false
+            ),
+            Err(MsiError::AddressReservedBits(0x2))
+        );
+        for (bit, data) in [(11, 0x800), (12, 0x1000), (13, 0x2000), (16, 0x1_0000)] {
+            assert_eq!(
+                CompatMsi::decode(
+                    MsiMessage {
+                        data: data | 0x20,
+                        ..ok
+                    },
+                    false
+                ),
+                Err(MsiError::DataReservedBits(data)),
+                "data bit {bit} is reserved"
+            );
+        }
+        for mode in [3u32, 6] {
+            assert_eq!(
+                CompatMsi::decode(
+                    MsiMessage {
+                        data: mode << 8,
+                        ..ok
+                    },
+                    false
+                ),
+                Err(MsiError::ReservedDeliveryMode(mode as u8))
+            );
+        }
+    }
+
+    #[test]
+    fn delivery_mode_defined_values() {
+        for (bits, mode) in [
+            (0, DeliveryMode::Fixed),
+            (1, DeliveryMode::LowestPriority),
+            (2, DeliveryMode::Smi),
+            (4, DeliveryMode::Nmi),
+            (5, DeliveryMode::Init),
+            (7, DeliveryMode::ExtInt),
+        ] {
+            assert_eq!(DeliveryMode::from_bits(bits), Some(mode));
+            assert_eq!(mode.bits(), bits);
+        }
+        for bits in [3, 6, 8, 0xFF] {
+            assert_eq!(DeliveryMode::from_bits(bits), None);
+        }
+    }
+
+    #[test]
+    fn classify_by_format_bit_4() {
+        assert_eq!(
+            classify(MsiMessage::new(0xFEE0_0000, 0, 0)),
+            Ok(MessageKind::Compat)
+        );
+        assert_eq!(
+            classify(MsiMessage::new(0xFEE0_0010, 0, 0)),
+            Ok(MessageKind::Remappable)
+        );
+        assert_eq!(
+            classify(MsiMessage::new(0xFEE0_0000, 0xFF, 0)),
+            Err(MsiError::AddressHighNonZero(0xFF))
+        );
+        assert_eq!(
+            classify(MsiMessage::new(0x0EE0_0010, 0, 0)),
+            Err(MsiError::BadAddressBase(0x0EE0_0010))
+        );
+    }
+
+    fn delivery_mode() -> impl Strategy<Value = DeliveryMode> {
+        prop_oneof![
+            Just(DeliveryMode::Fixed),
+            Just(DeliveryMode::LowestPriority),
+            Just(DeliveryMode::Smi),
+            Just(DeliveryMode::Nmi),
+            Just(DeliveryMode::Init),
+            Just(DeliveryMode::ExtInt),
+        ]
+    }
+
+    fn compat_msi(max_dest: u32) -> impl Strategy<Value = CompatMsi> {
+        (
+            0..=max_dest,
+            any::<bool>(),
+            any::<bool>(),
+            any::<u8>(),
+            delivery_mode(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(dest_id, dm, rh, vector, delivery_mode, level_assert, trigger_level)| CompatMsi {
+                    dest_id,
+                    dest_mode_logical: dm,
+                    redirection_hint: rh,
+                    vector,
+                    delivery_mode,
+                    level_assert,
+                    trigger_level,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn msi_message_bytes_round_trip(lo in any::<u32>(), hi in any::<u32>(), data in any::<u32>()) {
+            let msg = MsiMessage::new(lo, hi, data);
+            prop_assert_eq!(MsiMessage::from_bytes(&msg.to_bytes()), Ok(msg));
+        }
+
+        #[test]
+        fn compat_round_trip_ext(m in compat_msi(MAX_EXT_DEST_ID)) {
+            let msg = m.encode(true).unwrap();
+            prop_assert_eq!(classify(msg), Ok(MessageKind::Compat));
+            prop_assert_eq!(CompatMsi::decode(msg, true), Ok(m));
+        }
+
+        #[test]
+        fn compat_round_trip_no_ext(m in compat_msi(MAX_DEST_ID)) {
+            let msg = m.encode(false).unwrap();
+            prop_assert_eq!(CompatMsi::decode(msg, false), Ok(m));
+            // Without extended bits the two decodings agree.
+            prop_assert_eq!(CompatMsi::decode(msg, true), Ok(m));
+        }
+
+        #[test]
+        fn compat_decode_is_total_and_exact(lo in any::<u32>(), hi in 0u32..2, data in any::<u32>(), ext in any::<bool>()) {
+            // Bias towards the interrupt window so that decoding succeeds often.
+            for lo in [lo, (lo & 0x000F_FFFF) | 0xFEE0_0000, (lo & 0x000F_F0EC) | 0xFEE0_0000] {
+                let msg = MsiMessage::new(lo, hi, data);
+                match CompatMsi::decode(msg, ext) {
+                    Ok(m) => prop_assert_eq!(m.encode(ext), Ok(msg)),
+                    Err(MsiError::AddressHighNonZero(v)) => prop_assert!(v == hi && v != 0),
+                    Err(MsiError::BadAddressBase(v)) => prop_assert!(v == lo && v >> 20 != 0xFEE),
+                    Err(MsiError::RemappableFormat(v)) => prop_assert!(v == lo && v & 0x10 != 0),
+                    Err(MsiError::AddressReservedBits(v)) => prop_assert_eq!(v, lo & 3),
+                    Err(MsiError::ExtDestIdNotEnabled(v)) => {
+                        prop_assert!(!ext && v != 0);
+                        prop_assert_eq!(v as u32, (lo >> 5) & 0x7F);
+                    }
+                    Err(MsiError::DataReservedBits(v)) => {
+                        prop_assert!(v != 0);
+                        prop_assert_eq!(v, data & 0xFFFF_3800);
+                    }
+                    Err(MsiError::ReservedDeliveryMode(v)) => {
+                        prop_assert!(v == 3 || v == 6);
+                        prop_assert_eq!(v as u32, (data >> 8) & 7);
+                    }
+                    Err(e @ MsiError::DestinationTooLarge { .. }) => prop_assert!(false, "decode returned {e:?}"),
+                }
+            }
+        }
+
+        #[test]
+        fn compat_encode_never_panics(m in (any::<u32>(), any::<u8>()).prop_map(|(d, v)| fixed(d, v)), ext in any::<bool>()) {
+            let max = if ext { MAX_EXT_DEST_ID } else { MAX_DEST_ID };
+            match m.encode(ext) {
+                Ok(_) => prop_assert!(m.dest_id <= max),
+                Err(e) => prop_assert_eq!(e, MsiError::DestinationTooLarge { dest_id: m.dest_id, max }),
+            }
+        }
+    }
+}
