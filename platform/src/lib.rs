@@ -1,0 +1,10 @@
+//! # vir-platform — a simulated x86 interrupt platform
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod bitmap;
+pub mod failpoint;
+pub mod ids;
+pub mod iommu;
+pub mod lapic;
+pub mod pcpu;
