@@ -75,6 +75,28 @@ impl fmt::Display for VmId {
     }
 }
 
+/// A vCPU: its VM and its APIC id in that VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct VcpuRef {
+    /// The VM.
+    pub vm: VmId,
+    /// The vCPU's APIC id in the VM.
+    pub apic_id: GuestApicId,
+}
+
+impl VcpuRef {
+    /// vCPU `apic_id` of `vm`.
+    pub const fn new(vm: VmId, apic_id: GuestApicId) -> Self {
+        Self { vm, apic_id }
+    }
+}
+
+impl fmt::Display for VcpuRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {}", self.apic_id, self.vm)
+    }
+}
+
 /// A global system interrupt number in one VM's routing table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Gsi(pub u32);

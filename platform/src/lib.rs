@@ -6,5 +6,8 @@ mod bitmap;
 pub mod failpoint;
 pub mod ids;
 pub mod iommu;
+pub mod kvm;
 pub mod lapic;
 pub mod pcpu;
+pub mod posted;
+pub mod vfio;
