@@ -1,0 +1,149 @@
+//! The errors of the tool and their exit statuses.
+//!
+//! Every failure ends as one [`CliError`], printed by `main` as a single line
+//! `vir: error: <Display>`. Usage errors (the command line names something that does not exist)
+//! exit with status 2, malformed data with status 1.
+
+use std::fmt;
+
+use crate::hw::HwError;
+use crate::input::InputError;
+use crate::value::ValueError;
+use crate::wire::WireError;
+
+/// Exit status for malformed data.
+pub const EXIT_DATA: u8 = 1;
+/// Exit status for usage errors (the same as clap's).
+pub const EXIT_USAGE: u8 = 2;
+
+/// A command line that names something that does not exist or combines things that do not go
+/// together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageError {
+    /// TYPE is not a known type name (carried).
+    UnknownType(String),
+    /// An `encode` assignment names a field the type does not have.
+    UnknownField {
+        /// The type.
+        ty: String,
+        /// The field named on the command line.
+        field: String,
+    },
+    /// An `encode` argument is not of the form `field=value` (carried).
+    NotAnAssignment(String),
+    /// An `encode` field is assigned twice (carried).
+    DuplicateField(String),
+    /// An option was given with a type it does not apply to.
+    OptionNotApplicable {
+        /// The option, e.g. `--xapic`.
+        option: &'static str,
+        /// The type.
+        ty: String,
+    },
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownType(t) => {
+                write!(
+                    f,
+                    "unknown type '{t}' (the types are listed by 'vir decode --help')"
+                )
+            }
+            Self::UnknownField { ty, field } => write!(f, "{ty} has no field '{field}'"),
+            Self::NotAnAssignment(a) => {
+                write!(f, "'{a}' is not a field=value assignment")
+            }
+            Self::DuplicateField(name) => write!(f, "field '{name}' is assigned twice"),
+            Self::OptionNotApplicable { option, ty } => {
+                write!(f, "option {option} does not apply to type {ty}")
+            }
+        }
+    }
+}
+
+/// Any failure of the tool.
+#[derive(Debug)]
+pub enum CliError {
+    /// The command line is wrong (exit status 2).
+    Usage(UsageError),
+    /// The data operand could not be read or parsed.
+    Input(InputError),
+    /// The data has the wrong length for its type.
+    Length {
+        /// The type.
+        ty: String,
+        /// Its size in bytes.
+        expected: usize,
+        /// The number of bytes given.
+        actual: usize,
+    },
+    /// A `field=value` value is malformed or out of range.
+    Value(ValueError),
+    /// A vIR wire structure is malformed.
+    Wire(WireError),
+    /// A hardware format is malformed.
+    Hw(HwError),
+    /// Writing the output failed.
+    Output(std::io::Error),
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => EXIT_USAGE,
+            Self::Input(_)
+            | Self::Length { .. }
+            | Self::Value(_)
+            | Self::Wire(_)
+            | Self::Hw(_)
+            | Self::Output(_) => EXIT_DATA,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Usage(e) => e.fmt(f),
+            Self::Input(e) => e.fmt(f),
+            Self::Length {
+                ty,
+                expected,
+                actual,
+            } => write!(f, "wrong length: {ty} is {expected} bytes, got {actual}"),
+            Self::Value(e) => e.fmt(f),
+            Self::Wire(e) => e.fmt(f),
+            Self::Hw(e) => e.fmt(f),
+            Self::Output(e) => write!(f, "cannot write output: {e}"),
+        }
+    }
+}
+
+impl From<UsageError> for CliError {
+    fn from(e: UsageError) -> Self {
+        Self::Usage(e)
+    }
+}
+impl From<InputError> for CliError {
+    fn from(e: InputError) -> Self {
+        Self::Input(e)
+    }
+}
+impl From<ValueError> for CliError {
+    fn from(e: ValueError) -> Self {
+        Self::Value(e)
+    }
+}
+impl From<WireError> for CliError {
+    fn from(e: WireError) -> Self {
+        Self::Wire(e)
+    }
+}
+impl From<HwError> for CliError {
+    fn from(e: HwError) -> Self {
+        Self::Hw(e)
+    }
+}
