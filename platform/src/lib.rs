@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 mod bitmap;
+pub mod device;
 pub mod failpoint;
 pub mod ids;
 pub mod iommu;
