@@ -644,3 +644,6 @@ fn free<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     release_allocation(phys, vm, alloc);
     Ok(Response::Empty)
 }
+
+#[cfg(test)]
+mod tests;

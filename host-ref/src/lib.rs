@@ -63,6 +63,8 @@ pub mod backend;
 mod calls;
 pub mod config;
 pub mod counters;
+#[cfg(test)]
+mod fixture;
 pub mod handles;
 mod host;
 mod memory;
