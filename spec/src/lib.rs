@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cheader;
 pub mod files;
 pub mod requirements;
 pub mod tables;
