@@ -34,6 +34,7 @@ pub mod files;
 pub mod requirements;
 pub mod tables;
 pub mod traceability;
+pub mod vectors;
 
 use std::path::{Path, PathBuf};
 
