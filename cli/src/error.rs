@@ -85,6 +85,8 @@ pub enum CliError {
     Wire(WireError),
     /// A hardware format is malformed.
     Hw(HwError),
+    /// The ABI cannot be expressed as a C header (a layout the generator refuses).
+    Header(vir_spec::cheader::HeaderError),
     /// Writing the output failed.
     Output(std::io::Error),
 }
@@ -99,6 +101,7 @@ impl CliError {
             | Self::Value(_)
             | Self::Wire(_)
             | Self::Hw(_)
+            | Self::Header(_)
             | Self::Output(_) => EXIT_DATA,
         }
     }
@@ -117,6 +120,7 @@ impl fmt::Display for CliError {
             Self::Value(e) => e.fmt(f),
             Self::Wire(e) => e.fmt(f),
             Self::Hw(e) => e.fmt(f),
+            Self::Header(e) => write!(f, "cannot generate the C header: {e}"),
             Self::Output(e) => write!(f, "cannot write output: {e}"),
         }
     }

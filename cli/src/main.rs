@@ -3,9 +3,9 @@
 //! Decodes and encodes the structures of the vIR version 1 ABI (every request and response wire
 //! structure) and the hardware formats behind the messages a vIR host returns (x86 MSI in
 //! compatibility format, VT-d remappable MSI, AMD-Vi MSI, VT-d and AMD-Vi IRTEs, the
-//! posted-interrupt descriptor).
+//! posted-interrupt descriptor), and prints the C header generated from the ABI.
 //!
-//! One module per subcommand (`decode`, `encode`); the shared machinery is in
+//! One module per subcommand (`decode`, `encode`, `header`); the shared machinery is in
 //! [`types`] (the type registry), [`input`] (the data operand), [`value`] (`field=value`
 //! arguments), [`report`] (human and JSON output), [`wire`] (vIR wire structures) and [`hw`]
 //! (hardware formats). Every failure is an [`error::CliError`], printed as one line
@@ -16,6 +16,7 @@
 mod decode;
 mod encode;
 mod error;
+mod header;
 mod hw;
 mod input;
 mod report;
@@ -57,6 +58,8 @@ enum Command {
     Decode(decode::DecodeArgs),
     /// Encode field=value assignments of a TYPE into bytes
     Encode(encode::EncodeArgs),
+    /// Print the C header generated from the vIR ABI (vir_abi.h)
+    Header(header::HeaderArgs),
 }
 
 /// Builds the clap command with the run-time parts of the help (the list of types).
@@ -81,6 +84,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
         Command::Decode(args) => decode::run(&args, out),
         Command::Encode(args) => encode::run(&args, out),
+        Command::Header(args) => header::run(&args, out),
     }
 }
 
@@ -98,7 +102,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            // The reader went away (`vir decode ... | head`): not an error of ours.
+            // The reader went away (`vir header | head`): not an error of ours.
             ExitCode::SUCCESS
         }
         Err(e) => {
