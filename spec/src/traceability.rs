@@ -24,7 +24,7 @@ use std::fmt::{self, Write as _};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use crate::requirements::{Level, Requirement, RequirementId, scan_ids};
+use crate::requirements::{Level, Requirement, RequirementId, TsvError, parse_tsv, scan_ids};
 
 /// One mention of a requirement ID in a Rust source file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +268,47 @@ pub fn trace(reqs: &[Requirement], citations: &[Citation]) -> TraceReport {
     }
 }
 
+/// Why [`workspace_report`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportError {
+    /// The register could not be read.
+    Read {
+        /// The register's path.
+        path: PathBuf,
+        /// What went wrong.
+        kind: io::ErrorKind,
+    },
+    /// The register is malformed.
+    Register(TsvError),
+    /// The sources could not be scanned.
+    Scan(ScanError),
+}
+
+impl fmt::Display for ReportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read { path, kind } => write!(f, "cannot read {}: {kind}", path.display()),
+            Self::Register(e) => e.fmt(f),
+            Self::Scan(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReportError {}
+
+/// The traceability of the workspace at `root`: its register
+/// ([`REQUIREMENTS_PATH`](crate::REQUIREMENTS_PATH)) against every `*.rs` file under it.
+pub fn workspace_report(root: &Path) -> Result<TraceReport, ReportError> {
+    let path = root.join(crate::REQUIREMENTS_PATH);
+    let text = std::fs::read_to_string(&path).map_err(|e| ReportError::Read {
+        path: path.clone(),
+        kind: e.kind(),
+    })?;
+    let reqs = parse_tsv(&text).map_err(ReportError::Register)?;
+    let citations = scan_workspace(root).map_err(ReportError::Scan)?;
+    Ok(trace(&reqs, &citations))
+}
+
 /// A human-readable coverage report: totals per level, then every requirement with its test
 /// and code citation counts, then the problems.
 pub fn render_report(report: &TraceReport) -> String {
@@ -322,7 +363,6 @@ pub fn render_report(report: &TraceReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::requirements::parse_tsv;
 
     // IDs are assembled at run time so that this file cites no requirement itself.
     fn fake(area: &str, n: u16) -> String {
@@ -422,6 +462,37 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1 unknown ID citation(s), 1 MUST requirement(s) without a test\n"));
+    }
+
+    #[test]
+    fn workspace_report_reads_register_and_sources() {
+        let root = std::env::temp_dir().join(format!("vir-spec-report-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("spec")).unwrap();
+        std::fs::create_dir_all(root.join("h/tests")).unwrap();
+        assert_eq!(
+            workspace_report(&root),
+            Err(ReportError::Read {
+                path: root.join(crate::REQUIREMENTS_PATH),
+                kind: io::ErrorKind::NotFound
+            })
+        );
+        let reg = root.join(crate::REQUIREMENTS_PATH);
+        std::fs::write(&reg, "bad line\n").unwrap();
+        assert!(matches!(
+            workspace_report(&root),
+            Err(ReportError::Register(TsvError { line: 1, .. }))
+        ));
+        std::fs::write(&reg, format!("{}\tMUST\tH\ts\tx\n", fake("FRE", 1))).unwrap();
+        std::fs::write(
+            root.join("h/tests/t.rs"),
+            format!("// {}\n", fake("FRE", 1)),
+        )
+        .unwrap();
+        let r = workspace_report(&root).unwrap();
+        assert!(r.is_complete());
+        assert_eq!(r.coverage[0].tests, 1);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
