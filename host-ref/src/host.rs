@@ -544,3 +544,6 @@ impl<T, R, P> fmt::Debug for Host<T, R, P> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;
