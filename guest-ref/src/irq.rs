@@ -433,10 +433,12 @@ pub enum TeardownError {
         /// The domain's error.
         error: DomainError,
     },
-    /// A storage access (mask, MSI disable) failed.
+    /// A storage access (MSI-X mask, MSI disable) failed.
     Storage {
-        /// The irq concerned (the first of an MSI block for MSI disable).
-        irq: Irq,
+        /// The device.
+        device: DeviceId,
+        /// The slot accessed.
+        slot: StorageSlot,
         /// The storage error.
         error: StorageError,
     },
@@ -497,6 +499,17 @@ struct Desc {
     state: IrqState,
     affinity: CpuMask,
     count: u64,
+}
+
+/// What an operation on one irq needs to know about it.
+struct Ctx {
+    key: u64,
+    sub: u16,
+    state: IrqState,
+    affinity: CpuMask,
+    device: DeviceId,
+    slot: StorageSlot,
+    id: AllocationId,
 }
 
 /// The interrupt subsystem over a remapping domain `D` and the platform's storage `S`.
@@ -995,7 +1008,8 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
             match self.storage.msi_disable(device) {
                 Ok(()) => self.storage_stats.msi_control_writes += 1,
                 Err(error) => report.errors.push(TeardownError::Storage {
-                    irq: irqs.first().copied().unwrap_or(Irq(0)),
+                    device,
+                    slot,
                     error,
                 }),
             }
@@ -1060,13 +1074,28 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
         }
     }
 
-    fn desc_context(
-        &self,
-        irq: Irq,
-    ) -> Result<(u64, u16, IrqState, DeviceId, StorageSlot, AllocationId), IrqError> {
+    fn context(&self, irq: Irq) -> Result<Ctx, IrqError> {
         let d = self.descs.get(&irq).ok_or(IrqError::UnknownIrq(irq))?;
         let g = self.groups.get(&d.group).ok_or(IrqError::UnknownIrq(irq))?;
-        Ok((d.group, d.sub, d.state, g.device, g.slot, g.id))
+        Ok(Ctx {
+            key: d.group,
+            sub: d.sub,
+            state: d.state,
+            affinity: d.affinity.clone(),
+            device: g.device,
+            slot: g.slot,
+            id: g.id,
+        })
+    }
+
+    /// The APIC id of a CPU the matrix returned; the matrix has exactly one CPU per APIC id.
+    fn target(&self, cpu: CpuId, vector: u8) -> Result<IrqTarget, VectorError> {
+        self.apic_id(cpu)
+            .map(|apic_id| IrqTarget { apic_id, vector })
+            .ok_or(VectorError::CpuOutOfRange {
+                cpu,
+                nr_cpus: self.nr_cpus(),
+            })
     }
 
     // ----- request / free --------------------------------------------------------------------
@@ -1076,44 +1105,47 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
     /// it in the domain, writes the message if this is the allocation's first activation,
     /// and unmasks an MSI-X entry. On failure the vector is returned and the irq is as before.
     pub fn request_irq(&mut self, irq: Irq) -> Result<(), IrqError> {
-        let (key, sub, prior, device, slot, id) = self.desc_context(irq)?;
-        if let IrqState::Active { .. } = prior {
+        let ctx = self.context(irq)?;
+        if let IrqState::Active { .. } = ctx.state {
             return Err(IrqError::AlreadyRequested(irq));
         }
-        let affinity = self
-            .descs
-            .get(&irq)
-            .map(|d| d.affinity.clone())
-            .unwrap_or_default();
-        let (cpu, vector) = self.alloc_activation_vector(&affinity)?;
-        let apic_id = self.apic_id(cpu).unwrap_or(0);
-        let target = IrqTarget { apic_id, vector };
-        let msg = match self.domain.activate(id, sub, Activation::Target(target)) {
+        let (cpu, vector) = self.alloc_activation_vector(&ctx.affinity)?;
+        let target = match self.target(cpu, vector) {
+            Ok(t) => t,
+            Err(e) => {
+                self.release_vector(irq, cpu, vector, true);
+                return Err(e.into());
+            }
+        };
+        let msg = match self
+            .domain
+            .activate(ctx.id, ctx.sub, Activation::Target(target))
+        {
             Ok(m) => m,
             Err(error) => {
                 self.release_vector(irq, cpu, vector, true);
                 return Err(IrqError::Domain {
-                    device,
-                    slot,
-                    sub,
+                    device: ctx.device,
+                    slot: ctx.slot,
+                    sub: ctx.sub,
                     error,
                 });
             }
         };
-        let mut result = self.commit_message(key, msg);
+        let mut result = self.commit_message(ctx.key, msg);
         if result.is_ok()
-            && let StorageSlot::MsiX(index) = slot
+            && let StorageSlot::MsiX(index) = ctx.slot
         {
             result = self
                 .storage
-                .set_msix_masked(device, index, false)
+                .set_msix_masked(ctx.device, index, false)
                 .map_err(IrqError::from);
             if result.is_ok() {
                 self.storage_stats.msix_mask_writes += 1;
             }
         }
         if let Err(e) = result {
-            self.undo_request(irq, id, sub, prior, cpu, vector);
+            self.undo_request(irq, &ctx, cpu, vector);
             return Err(e);
         }
         self.map_vector(irq, cpu, vector);
@@ -1135,23 +1167,18 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
     }
 
     /// Brings an irq whose activation succeeded back to `prior` after a later step failed.
-    fn undo_request(
-        &mut self,
-        irq: Irq,
-        id: AllocationId,
-        sub: u16,
-        prior: IrqState,
-        cpu: CpuId,
-        vector: u8,
-    ) {
-        let deactivated = self.domain.deactivate(id, sub);
+    fn undo_request(&mut self, irq: Irq, ctx: &Ctx, cpu: CpuId, vector: u8) {
+        let deactivated = self.domain.deactivate(ctx.id, ctx.sub);
         if deactivated.is_err() {
             self.stats.rollback_failures = self.stats.rollback_failures.saturating_add(1);
         }
         self.release_vector(irq, cpu, vector, deactivated.is_ok());
         if deactivated.is_ok()
-            && prior == IrqState::Reserved
-            && self.domain.activate(id, sub, Activation::Reserve).is_err()
+            && ctx.state == IrqState::Reserved
+            && self
+                .domain
+                .activate(ctx.id, ctx.sub, Activation::Reserve)
+                .is_err()
         {
             self.stats.rollback_failures = self.stats.rollback_failures.saturating_add(1);
         }
@@ -1163,18 +1190,22 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
     /// rewriting the storage. If the domain refuses to deactivate, the vector is kept out of
     /// use (the host may still deliver on it).
     pub fn free_irq(&mut self, irq: Irq) -> Result<TeardownReport, IrqError> {
-        let (_, sub, state, device, slot, id) = self.desc_context(irq)?;
-        let IrqState::Active { cpu, vector } = state else {
+        let ctx = self.context(irq)?;
+        let IrqState::Active { cpu, vector } = ctx.state else {
             return Err(IrqError::NotRequested(irq));
         };
         let mut report = TeardownReport::default();
-        if let StorageSlot::MsiX(index) = slot {
-            match self.storage.set_msix_masked(device, index, true) {
+        if let StorageSlot::MsiX(index) = ctx.slot {
+            match self.storage.set_msix_masked(ctx.device, index, true) {
                 Ok(()) => self.storage_stats.msix_mask_writes += 1,
-                Err(error) => report.errors.push(TeardownError::Storage { irq, error }),
+                Err(error) => report.errors.push(TeardownError::Storage {
+                    device: ctx.device,
+                    slot: ctx.slot,
+                    error,
+                }),
             }
         }
-        let result = self.domain.deactivate(id, sub);
+        let result = self.domain.deactivate(ctx.id, ctx.sub);
         self.release_vector(irq, cpu, vector, result.is_ok());
         if let Err(error) = result {
             report.errors.push(TeardownError::Deactivate { irq, error });
@@ -1221,7 +1252,7 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
     /// old vector is freed. On failure the new vector is freed and the old target stays. The
     /// storage is never touched (`VIR-AFF-G-001`).
     pub fn set_affinity(&mut self, irq: Irq, mask: &CpuMask) -> Result<(), IrqError> {
-        let (_, _, state, ..) = self.desc_context(irq)?;
+        let ctx = self.context(irq)?;
         for cpu in mask.iter() {
             self.matrix.check_cpu(cpu)?;
         }
@@ -1229,7 +1260,7 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
         if effective.is_empty() {
             return Err(VectorError::NoOnlineCpu(mask.clone()).into());
         }
-        if let IrqState::Active { cpu, .. } = state
+        if let IrqState::Active { cpu, .. } = ctx.state
             && !effective.contains(cpu)
         {
             self.move_irq(irq, &effective)?;
@@ -1242,27 +1273,30 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
 
     /// Moves a requested irq to a vector on the best CPU of `mask` (online CPUs only).
     fn move_irq(&mut self, irq: Irq, mask: &CpuMask) -> Result<Migration, IrqError> {
-        let (_, sub, state, device, slot, id) = self.desc_context(irq)?;
+        let ctx = self.context(irq)?;
         let IrqState::Active {
             cpu: old_cpu,
             vector: old_vector,
-        } = state
+        } = ctx.state
         else {
             return Err(IrqError::NotRequested(irq));
         };
         let (cpu, vector) = self.matrix.alloc(mask)?;
-        let apic_id = self.apic_id(cpu).unwrap_or(0);
-        if let Err(error) = self
-            .domain
-            .set_affinity(id, sub, IrqTarget { apic_id, vector })
-        {
+        let result = match self.target(cpu, vector) {
+            Ok(target) => self
+                .domain
+                .set_affinity(ctx.id, ctx.sub, target)
+                .map_err(|error| IrqError::Domain {
+                    device: ctx.device,
+                    slot: ctx.slot,
+                    sub: ctx.sub,
+                    error,
+                }),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = result {
             self.release_vector(irq, cpu, vector, true);
-            return Err(IrqError::Domain {
-                device,
-                slot,
-                sub,
-                error,
-            });
+            return Err(e);
         }
         self.release_vector(irq, old_cpu, old_vector, true);
         self.map_vector(irq, cpu, vector);
@@ -1349,6 +1383,8 @@ mod tests {
         next: u32,
         live: BTreeMap<u32, Vec<VectorState>>,
         fail_next_affinity: bool,
+        /// Added to the data of every message returned (a non-conforming domain if non-zero).
+        bump_message: u32,
     }
 
     impl RemapDomain for ModelDomain {
@@ -1381,7 +1417,7 @@ mod tests {
                 Activation::Reserve => VectorState::Reserved,
                 Activation::Target(t) => VectorState::Active(t),
             };
-            Ok(MsiMessage::new(0xFEE0_0000, 0, id.0))
+            Ok(MsiMessage::new(0xFEE0_0000, 0, id.0 + self.bump_message))
         }
         fn set_affinity(
             &mut self,
@@ -1721,5 +1757,32 @@ mod tests {
         );
         assert_eq!(s.irq_info(irqs[0]).unwrap().affinity, CpuMask::first_n(2));
         assert_eq!(s.matrix().allocated(CpuId(1)), Ok(0));
+    }
+
+    #[test]
+    fn vir_act_g_001_changed_message_is_refused_and_storage_not_rewritten() {
+        let mut s = subsystem(true, 1);
+        let irqs = s
+            .alloc_irq_vectors(DEV, AllocRequest::MsiX { indices: &[0] }, None)
+            .unwrap();
+        assert_eq!(s.storage().writes.len(), 1);
+        s.domain.bump_message = 1;
+        let e = s.request_irq(irqs[0]).unwrap_err();
+        assert_eq!(
+            e,
+            IrqError::MessageChanged {
+                device: DEV,
+                slot: StorageSlot::MsiX(0),
+                expected: MsiMessage::new(0xFEE0_0000, 0, 1),
+                got: MsiMessage::new(0xFEE0_0000, 0, 2),
+            }
+        );
+        assert_eq!(e.errno(), errno::EIO);
+        assert_eq!(s.storage().writes.len(), 1);
+        assert_eq!(s.irq_info(irqs[0]).unwrap().state, IrqState::Reserved);
+        assert_eq!(s.domain().live[&1][0], VectorState::Reserved);
+        assert_eq!(s.matrix().allocated(CpuId(0)), Ok(0));
+        assert_eq!(s.matrix().reserved(), 1);
+        assert_eq!(s.vector_to_irq(CpuId(0), 0x20), None);
     }
 }

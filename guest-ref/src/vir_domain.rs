@@ -168,10 +168,10 @@ impl<H: Hypervisor> VirDomain<H> {
         }
     }
 
-    fn check_message(&self, resp: &ActivateResponse) -> Result<MsiMessage, ProtocolError> {
-        let expected = self
-            .session
-            .map_or(MessageFormat::VTD_REMAPPABLE, |s| s.message_format);
+    fn check_message(
+        expected: MessageFormat,
+        resp: &ActivateResponse,
+    ) -> Result<MsiMessage, ProtocolError> {
         let got = MessageFormat(resp.format);
         if got != expected {
             return Err(ProtocolError::WrongFormat { expected, got });
@@ -331,6 +331,10 @@ impl<H: Hypervisor> RemapDomain for VirDomain<H> {
         sub: u16,
         how: Activation,
     ) -> Result<MsiMessage, DomainError> {
+        let format = self
+            .session
+            .map(|s| s.message_format)
+            .ok_or(DomainError::NotNegotiated)?;
         let prior = self.lookup(id, sub)?;
         let allowed = match how {
             Activation::Reserve => prior == VectorState::Allocated,
@@ -351,7 +355,7 @@ impl<H: Hypervisor> RemapDomain for VirDomain<H> {
             Activation::Reserve => VectorState::Reserved,
             Activation::Target(t) => VectorState::Active(t),
         };
-        match self.check_message(&resp) {
+        match Self::check_message(format, &resp) {
             Ok(msg) => {
                 self.set_state(id, sub, now);
                 Ok(msg)

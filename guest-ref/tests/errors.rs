@@ -430,3 +430,34 @@ fn teardown_completes_and_reports_host_refusals() {
     );
     assert_eq!(w.guest.irqs().count(), 0);
 }
+
+#[test]
+fn free_irq_mask_failure_is_reported_and_teardown_completes() {
+    let mut w = World::new();
+    let irqs = w
+        .guest
+        .alloc_irq_vectors(DEV_A, AllocRequest::MsiX { indices: &[3] }, None)
+        .unwrap();
+    w.guest.request_irq(irqs[0]).unwrap();
+    let IrqState::Active { cpu, vector } = w.guest.irq_info(irqs[0]).unwrap().state else {
+        panic!()
+    };
+    w.storage.borrow_mut().fail_next_mask = true;
+    let report = w.guest.free_irq(irqs[0]).unwrap();
+    assert_eq!(
+        report.errors,
+        [TeardownError::Storage {
+            device: DEV_A,
+            slot: StorageSlot::MsiX(3),
+            error: StorageError::NoSuchDevice(DEV_A)
+        }]
+    );
+    // The domain deactivated it, so the vector is free again.
+    assert_eq!(
+        w.guest.irq_info(irqs[0]).unwrap().state,
+        IrqState::Deactivated
+    );
+    assert!(!w.guest.matrix().is_allocated(cpu, vector));
+    assert_eq!(w.guest.stats().leaked_vectors, 0);
+    assert_eq!(w.fire(DEV_A, StorageSlot::MsiX(3), 0), Fire::Blocked);
+}
