@@ -1016,7 +1016,7 @@ mod tests {
         #[test]
         fn forged_writes_from_other_sid_never_delivered_vir_sec_h_001(
             lo in any::<u32>(), hi in prop_oneof![Just(0u32), any::<u32>()], data in any::<u32>(),
-            fee in any::<bool>(), rid in any::<u16>(), eime in any::<bool>(),
+            shape in 0u8..3, rid in any::<u16>(), eime in any::<bool>(),
         ) {
             prop_assume!(rid & !0x7 != 0x0310 & !0x7);
             let mut u = unit(7, eime);
@@ -1034,7 +1034,13 @@ mod tests {
                 u.write_entry(i, &e).unwrap();
             }
             u.invalidate_all();
-            let lo = if fee { (lo & 0x000F_FFFF) | 0xFEE0_0010 } else { lo };
+            // Shapes: 0 any write; 1 any remappable write in the window; 2 one naming a present
+            // entry (handle < 128, sub-handle < 128, with or without SHV).
+            let (lo, hi, data) = match shape {
+                0 => (lo, hi, data),
+                1 => ((lo & 0x000F_FFFF) | 0xFEE0_0010, 0, data),
+                _ => ((lo & 0x0000_0FE8) | 0xFEE0_0010, 0, data & 0x7F),
+            };
             let out = u.remap(RequesterId(rid), MsiMessage::new(lo, hi, data));
             prop_assert!(matches!(out, RemapOutcome::Fault(_)), "{:?}", out);
             // The same write from the right requester is delivered only if well formed.
