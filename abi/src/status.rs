@@ -71,7 +71,7 @@ macro_rules! statuses {
                 }
             }
 
-            /// The name of the errno constant for [`Status::errno`] (`"0"` for success).
+            /// The name of the errno constant for [`Status::errno`] (`"OK"` for success).
             pub const fn errno_name(self) -> &'static str {
                 match self.0 {
                     $( $val => stringify!($errno), )*

@@ -16,6 +16,12 @@ pub fn vir_nostd_sizes() -> usize {
     as_bytes_len::<ActivateRequest>() + as_bytes_len::<Target>()
 }
 
+/// Device vectors a 4-CPU guest vector matrix offers (uses vir-guest from a no_std context).
+pub fn vir_nostd_guest_capacity() -> u32 {
+    let m = vir_guest::VectorMatrix::new(4, &vir_guest::VectorConfig::default());
+    m.capacity()
+}
+
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
