@@ -184,6 +184,8 @@ impl fmt::Display for IommuError {
     }
 }
 
+impl std::error::Error for IommuError {}
+
 /// A VT-d interrupt-remapping unit.
 #[derive(Debug, Clone)]
 pub struct RemappingUnit {

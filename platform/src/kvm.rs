@@ -176,6 +176,8 @@ impl fmt::Display for KvmError {
     }
 }
 
+impl std::error::Error for KvmError {}
+
 /// Why a signal or an injection did not reach a local APIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InjectError {
@@ -212,6 +214,8 @@ impl fmt::Display for InjectError {
         }
     }
 }
+
+impl std::error::Error for InjectError {}
 
 /// An interrupt KVM set in a local APIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

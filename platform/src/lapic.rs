@@ -49,6 +49,8 @@ impl fmt::Display for LapicError {
     }
 }
 
+impl std::error::Error for LapicError {}
+
 /// The local APIC of one vCPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lapic {

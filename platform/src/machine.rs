@@ -242,6 +242,8 @@ impl fmt::Display for MachineError {
     }
 }
 
+impl std::error::Error for MachineError {}
+
 /// The simulated platform.
 #[derive(Debug)]
 pub struct Machine {

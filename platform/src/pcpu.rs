@@ -50,6 +50,8 @@ impl fmt::Display for VectorError {
     }
 }
 
+impl std::error::Error for VectorError {}
+
 /// The device vectors of one physical CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VectorSpace {
@@ -215,6 +217,8 @@ impl fmt::Display for PcpuError {
         }
     }
 }
+
+impl std::error::Error for PcpuError {}
 
 /// The physical CPUs of the host, keyed by APIC id.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

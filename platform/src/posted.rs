@@ -93,6 +93,8 @@ impl fmt::Display for DescriptorError {
     }
 }
 
+impl std::error::Error for DescriptorError {}
+
 /// What a post did besides setting the PIR bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PostResult {

@@ -77,6 +77,8 @@ impl fmt::Display for VfioError {
     }
 }
 
+impl std::error::Error for VfioError {}
+
 /// Counters of the VFIO model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VfioStats {

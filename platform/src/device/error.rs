@@ -86,6 +86,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl std::error::Error for ConfigError {}
+
 impl fmt::Display for DeviceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -119,3 +121,5 @@ impl fmt::Display for DeviceError {
         }
     }
 }
+
+impl std::error::Error for DeviceError {}
