@@ -419,6 +419,20 @@ impl Machine {
         Ok(vectors)
     }
 
+    /// Every vCPU whose descriptor has ON set processes it ([`Machine::sync_posted`]); returns
+    /// the vectors moved per vCPU.
+    pub fn sync_all_posted(&mut self) -> Vec<(VcpuRef, Vec<u8>)> {
+        let due: Vec<VcpuRef> = self
+            .posted
+            .owners()
+            .filter(|&(_, pda)| self.posted.descriptor(pda).is_ok_and(|d| d.on()))
+            .map(|(o, _)| o)
+            .collect();
+        due.into_iter()
+            .filter_map(|v| self.sync_posted(v).ok().map(|vectors| (v, vectors)))
+            .collect()
+    }
+
     // ---- devices ----
 
     /// Adds a device; ids are handed out 0, 1, 2, …

@@ -245,6 +245,11 @@ impl PostedRegion {
         self.owners.get(&owner).copied()
     }
 
+    /// Every owned descriptor: (owner, address), by owner.
+    pub fn owners(&self) -> impl Iterator<Item = (VcpuRef, u64)> + '_ {
+        self.owners.iter().map(|(&o, &pda)| (o, pda))
+    }
+
     /// A copy of the descriptor at `pda`.
     pub fn descriptor(&self, pda: u64) -> Result<PostedDescriptor, DescriptorError> {
         Ok(self.slots[self.slot_index(pda)?].desc)
@@ -404,6 +409,10 @@ mod tests {
         );
         assert_eq!(r.owner(a), Ok(Some(vcpu(0))));
         assert_eq!(r.pda_of(vcpu(1)), Some(b));
+        assert_eq!(
+            r.owners().collect::<Vec<_>>(),
+            vec![(vcpu(0), a), (vcpu(1), b)]
+        );
         let d = r.descriptor(a).unwrap();
         assert_eq!((d.nv(), d.ndst_raw()), (NV, 300));
         // xAPIC: APIC id in NDST bits 15:8.

@@ -484,7 +484,8 @@ fn posted_pir_on_sn_notification_and_sync_vir_fmt_h_003() {
             }
         )
     );
-    assert_eq!(m.sync_posted(A1), Ok(vec![0x91, 0x92]));
+    assert_eq!(m.sync_all_posted(), vec![(A1, vec![0x91, 0x92])]);
+    assert_eq!(m.sync_all_posted(), vec![]);
     assert_eq!(m.delivered_to_vm(VM1), 4);
 }
 
