@@ -525,8 +525,11 @@ fn set_affinity<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         abort(phys.irqs);
         return Err(e.status());
     }
-    // The IRTE is rewritten in one update; the message is untouched (VIR-AFF-H-005).
-    phys.table.write(index, irte);
+    // The IRTE is rewritten in one update (remapped mode on the same pCPU: it is unchanged,
+    // only the route moved); the message is untouched (VIR-AFF-H-005).
+    if irte != active.irte {
+        phys.table.write(index, irte);
+    }
     if moving {
         phys.irqs.commit_affinity(active.host_irq.id);
     }

@@ -1285,6 +1285,88 @@ fn set_affinity_posted_same_pcpu_rewrites_pda_and_vector_without_moving_the_irq(
 }
 
 #[test]
+fn set_affinity_remapped_same_pcpu_only_moves_the_route() {
+    let mut fx = Fx::remapped();
+    let h = fx.active_msix(0);
+    let before = fx.host.table().entry(0);
+    fx.journal.clear();
+    fx.g.set_affinity(&mut fx.host, &fx.mem, h, 0, APIC_IDS[0], 0x99)
+        .unwrap();
+    let ev = fx.journal.events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let target = RouteTarget {
+        vcpu_index: 0,
+        apic_id: APIC_IDS[0],
+        vector: 0x99,
+    };
+    assert!(
+        matches!(ev[0], Event::UpdateRoute { target: t, .. } if t == target),
+        "{ev:?}"
+    );
+    assert_eq!(
+        fx.host.table().entry(0),
+        before,
+        "host vector and pCPU unchanged"
+    );
+}
+
+#[test]
+fn xapic_mode_puts_the_destination_in_bits_47_40_and_rejects_wide_apic_ids() {
+    let config = HostConfig {
+        ir_mode: crate::IrMode::Remapped,
+        apic_mode: vir_abi::hw::ApicMode::XApic,
+        ..HostConfig::default()
+    };
+    let mut fx = Fx::with(config, 256, Quotas::default());
+    fx.negotiate(Features::V1_DEFINED);
+    fx.host.irqs_mut().set_apic_id(1, 0x21);
+    let h = fx.alloc(DEV, StorageKind::MSIX, 0, 0);
+    fx.g.activate(&mut fx.host, &fx.mem, h, 0, APIC_IDS[1], 0x41)
+        .unwrap();
+    assert_eq!(
+        fx.host.table().entry(0),
+        Some(1 | 0x20 << 16 | 0x21 << 40 | (RID as u128) << 64 | 1 << 82)
+    );
+    // pCPU 0's APIC id 0x200 does not fit an xAPIC destination: the IRTE cannot be built, and
+    // the route and the IRQ are unwound (VIR-ACT-H-007).
+    let h2 = fx.alloc(DEV, StorageKind::MSIX, 0, 1);
+    fx.journal.clear();
+    fx.fails(
+        CallCode::ACTIVATE,
+        act(h2, 0, APIC_IDS[0], 0x41).as_bytes(),
+        Status::BACKEND_FAILURE,
+    );
+    let ev = fx.journal.events();
+    assert!(
+        matches!(
+            ev[..],
+            [
+                Event::AddRoute { .. },
+                Event::StartIrq { .. },
+                Event::StopIrq { .. },
+                Event::RemoveRoute { .. }
+            ]
+        ),
+        "{ev:?}"
+    );
+    // Same for a move onto that pCPU: the prepared vector is aborted, the old target stays.
+    fx.journal.clear();
+    fx.fails(
+        CallCode::SET_AFFINITY,
+        affinity_req(h, 0, APIC_IDS[0], 0x41).as_bytes(),
+        Status::BACKEND_FAILURE,
+    );
+    let ev = fx.journal.events();
+    assert!(
+        matches!(
+            ev[..],
+            [Event::PrepareAffinity { .. }, Event::AbortAffinity { .. }]
+        ),
+        "{ev:?}"
+    );
+}
+
+#[test]
 fn vir_aff_h_004_failure_leaves_the_old_target_in_force() {
     for (op, error, status) in [
         (
