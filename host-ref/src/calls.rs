@@ -390,6 +390,7 @@ fn activate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         return Err(Status::INVALID_STATE);
     }
     let index = alloc.base + sub;
+    // No overflow: an MSI allocation has index 0, every other kind has one vector (sub = 0).
     let (device_id, kind, slot) = (alloc.device_id, alloc.kind, alloc.index + sub);
     let message = alloc.message();
     let dev = *vm.device(device_id).ok_or(Status::NOT_YOUR_DEVICE)?;

@@ -6,7 +6,7 @@
 
 use core::fmt;
 
-use vir_abi::call::{DOORBELL_PORT_COUNT, PAGE_SIZE};
+use vir_abi::call::DOORBELL_PORT_COUNT;
 use vir_abi::discovery::{CPUID_BASES, CPUID_RANGE_FIRST, CPUID_STRIDE, binding};
 use vir_abi::feature::Features;
 use vir_abi::hw::ApicMode;
@@ -220,7 +220,7 @@ impl VmConfig {
             return Err(ConfigError::TooManyVcpus(self.vcpus.len()));
         }
         for (i, v) in self.vcpus.iter().enumerate() {
-            if v.pda == 0 || !v.pda.is_multiple_of(64) || v.pda % PAGE_SIZE > PAGE_SIZE - 64 {
+            if v.pda == 0 || !v.pda.is_multiple_of(64) {
                 return Err(ConfigError::BadPda {
                     vcpu: i as u32,
                     pda: v.pda,
@@ -285,7 +285,8 @@ pub enum ConfigError {
     NoVcpus,
     /// More vCPUs than a 32-bit index can name.
     TooManyVcpus(usize),
-    /// Posted-descriptor address 0, not 64-byte aligned, or crossing a page.
+    /// Posted-descriptor address 0 or not 64-byte aligned (an aligned 64-byte descriptor never
+    /// crosses a page).
     BadPda {
         /// vCPU index.
         vcpu: u32,
@@ -344,7 +345,7 @@ impl fmt::Display for ConfigError {
             Self::BadPda { vcpu, pda } => {
                 write!(
                     f,
-                    "vCPU {vcpu}: posted descriptor address {pda:#x} is 0, misaligned or crosses a page"
+                    "vCPU {vcpu}: posted descriptor address {pda:#x} is 0 or not 64-byte aligned"
                 )
             }
             Self::DuplicateApicId(a) => write!(f, "APIC id {a} used by two vCPUs"),
