@@ -363,6 +363,21 @@ pub struct HotplugSummary {
     pub left_on_cpu: u64,
 }
 
+/// Which path the interrupts took through the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct PathSummary {
+    /// Writes the remapping unit posted into a descriptor (posted mode).
+    pub posted: u64,
+    /// Writes the remapping unit remapped to a host vector (remapped mode).
+    pub remapped: u64,
+    /// Host IRQs that fired on a host vector (VFIO).
+    pub host_irqs_fired: u64,
+    /// Eventfd signals KVM received through irqfds.
+    pub irqfd_signals: u64,
+    /// Interrupts KVM set in a LAPIC (routes, and the PIR-to-IRR syncs of posted mode).
+    pub lapic_injections: u64,
+}
+
 /// The forged-message probe.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ForgedSummary {
@@ -413,6 +428,8 @@ pub struct Report {
     pub hotplug: HotplugSummary,
     /// Forged-message probe.
     pub forged: ForgedSummary,
+    /// The path of the interrupts through the platform, the forged probe included.
+    pub path: PathSummary,
 }
 
 impl Report {
@@ -654,6 +671,17 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, ScenarioError> {
         ),
     };
     let irte_table = world.machine().iommu().entries();
+    let path = {
+        let m = world.machine();
+        let (iommu, kvm) = (m.iommu().stats(), m.kvm().stats());
+        PathSummary {
+            posted: iommu.posted,
+            remapped: iommu.remapped,
+            host_irqs_fired: m.vfio().stats().fired,
+            irqfd_signals: kvm.irqfd_signals,
+            lapic_injections: kvm.injections,
+        }
+    };
     Ok(Report {
         seed: config.seed,
         mode: mode_name(config.mode).to_string(),
@@ -689,6 +717,7 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, ScenarioError> {
         affinity,
         hotplug,
         forged,
+        path,
     })
 }
 
@@ -856,6 +885,15 @@ impl fmt::Display for Report {
             f,
             "  storage rewrites after activation: {}",
             self.storage.rewrites
+        )?;
+        writeln!(
+            f,
+            "  path: {} posted, {} remapped, {} host IRQs fired, {} irqfd signals, {} LAPIC injections",
+            self.path.posted,
+            self.path.remapped,
+            self.path.host_irqs_fired,
+            self.path.irqfd_signals,
+            self.path.lapic_injections
         )?;
         writeln!(
             f,
