@@ -40,6 +40,15 @@ pub enum UsageError {
         /// The type.
         ty: String,
     },
+    /// An option's value is not one it accepts.
+    BadOptionValue {
+        /// The option, e.g. `--mode`.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What it accepts.
+        expected: &'static str,
+    },
 }
 
 impl fmt::Display for UsageError {
@@ -59,6 +68,14 @@ impl fmt::Display for UsageError {
             Self::OptionNotApplicable { option, ty } => {
                 write!(f, "option {option} does not apply to type {ty}")
             }
+            Self::BadOptionValue {
+                option,
+                value,
+                expected,
+            } => write!(
+                f,
+                "invalid value '{value}' for {option} (expected {expected})"
+            ),
         }
     }
 }
@@ -89,6 +106,14 @@ pub enum CliError {
     Header(vir_spec::cheader::HeaderError),
     /// Writing the output failed.
     Output(std::io::Error),
+    /// `simulate` could not run its scenario.
+    Simulation(vir_simvm::ScenarioError),
+    /// `simulate` ran, and the report shows a failure (a wrong or missing delivery, a storage
+    /// rewrite, a forged message delivered, an interrupt left on the unplugged vCPU).
+    SimulationFailed {
+        /// Deliveries wrong or missing.
+        failed_deliveries: u64,
+    },
 }
 
 impl CliError {
@@ -102,7 +127,9 @@ impl CliError {
             | Self::Wire(_)
             | Self::Hw(_)
             | Self::Header(_)
-            | Self::Output(_) => EXIT_DATA,
+            | Self::Output(_)
+            | Self::Simulation(_)
+            | Self::SimulationFailed { .. } => EXIT_DATA,
         }
     }
 }
@@ -122,6 +149,11 @@ impl fmt::Display for CliError {
             Self::Hw(e) => e.fmt(f),
             Self::Header(e) => write!(f, "cannot generate the C header: {e}"),
             Self::Output(e) => write!(f, "cannot write output: {e}"),
+            Self::Simulation(e) => write!(f, "simulation: {e}"),
+            Self::SimulationFailed { failed_deliveries } => write!(
+                f,
+                "simulation failed: {failed_deliveries} deliveries wrong or missing (see the report)"
+            ),
         }
     }
 }

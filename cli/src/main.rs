@@ -3,9 +3,10 @@
 //! Decodes and encodes the structures of the vIR version 1 ABI (every request and response wire
 //! structure) and the hardware formats behind the messages a vIR host returns (x86 MSI in
 //! compatibility format, VT-d remappable MSI, AMD-Vi MSI, VT-d and AMD-Vi IRTEs, the
-//! posted-interrupt descriptor), and prints the C header generated from the ABI.
+//! posted-interrupt descriptor), prints the C header generated from the ABI, and runs the
+//! end-to-end simulation of the reference guest against the reference host (`simulate`).
 //!
-//! One module per subcommand (`decode`, `encode`, `header`); the shared machinery is in
+//! One module per subcommand (`decode`, `encode`, `header`, `simulate`); the shared machinery is in
 //! [`types`] (the type registry), [`input`] (the data operand), [`value`] (`field=value`
 //! arguments), [`report`] (human and JSON output), [`wire`] (vIR wire structures) and [`hw`]
 //! (hardware formats). Every failure is an [`error::CliError`], printed as one line
@@ -20,6 +21,7 @@ mod header;
 mod hw;
 mod input;
 mod report;
+mod simulate;
 mod types;
 mod value;
 mod wire;
@@ -60,6 +62,8 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Print the C header generated from the vIR ABI (vir_abi.h)
     Header(header::HeaderArgs),
+    /// Run the reference guest against the reference host on the simulated platform, end to end
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Builds the clap command with the run-time parts of the help (the list of types).
@@ -85,6 +89,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Decode(args) => decode::run(&args, out),
         Command::Encode(args) => encode::run(&args, out),
         Command::Header(args) => header::run(&args, out),
+        Command::Simulate(args) => simulate::run(&args, out),
     }
 }
 

@@ -23,8 +23,8 @@
 //! VIR-AFF-H-004) and the guest sees `BACKEND_FAILURE` or `VECTORS_EXHAUSTED`. Operations the
 //! trait declares infallible never panic: a platform refusal there is counted as an anomaly.
 //!
-//! The platform's own affinity failure point ([`vir_platform::vfio::Vfio::fail_next_affinity_changes`])
-//! guards the move done at commit, which the trait makes infallible; inject affinity failures
+//! The platform's own affinity failure point
+//! ([`vir_platform::vfio::Vfio::fail_next_affinity_changes`]) guards the move done at commit, which the trait makes infallible; inject affinity failures
 //! with [`SimPhysicalIrqs::fail_next_affinity_prepares`] instead.
 
 use std::cell::RefCell;
