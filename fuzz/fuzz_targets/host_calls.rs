@@ -1,0 +1,6 @@
+//! `host_calls`: see `vir_harness::fuzz::host_calls` for what the body checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| vir_harness::fuzz::host_calls(data));

@@ -1,0 +1,6 @@
+//! `hostile_storage`: see `vir_harness::fuzz::hostile_storage` for what the body checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| vir_harness::fuzz::hostile_storage(data));

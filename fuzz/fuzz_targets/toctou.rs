@@ -1,0 +1,6 @@
+//! `toctou`: see `vir_harness::fuzz::toctou` for what the body checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| vir_harness::fuzz::toctou(data));
