@@ -142,6 +142,7 @@ fn negotiate(config: &HostConfig, vm: &mut Vm, req: NegotiateRequest) -> Result<
     // Commit (VIR-NEG-H-005); MSI-X trapping stops with the state (VIR-LEG-H-002).
     vm.state = VmState::Negotiated { version, features };
     vm.session = vm.session.wrapping_add(1);
+    crate::legacy::on_negotiated(vm);
     Ok(Response::Negotiate(NegotiateResponse {
         version: U16::new(version),
         reserved0: U16::ZERO,
@@ -158,6 +159,9 @@ pub(crate) fn reset<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     for (_, alloc) in vm.allocations.drain() {
         release_allocation(phys, vm, alloc);
     }
+    // VIR-RST-H-006: MSI and MSI-X presented disabled, MSI-X entries at their reset values,
+    // and trapped again (VIR-RST-H-002).
+    crate::legacy::reset_emulation(phys, vm);
     vm.state = VmState::Legacy;
 }
 
@@ -280,8 +284,9 @@ fn source_id(dev: &DeviceConfig) -> (u16, Svt) {
     }
 }
 
-/// The present IRTE behind an active vector (VIR-FMT-H-003, VIR-SEC-H-001).
-fn active_irte(
+/// The present IRTE behind an active vector (VIR-FMT-H-003, VIR-SEC-H-001); also used for the
+/// host's own IRTEs of the legacy scheme.
+pub(crate) fn active_irte(
     config: &HostConfig,
     dev: &DeviceConfig,
     target: GuestTarget,

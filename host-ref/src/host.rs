@@ -514,9 +514,35 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
             alloc,
         };
         calls::reset(&mut phys, v);
+        // A platform reset also resets the emulated remapping unit.
+        v.legacy.viommu = crate::legacy::viommu::Viommu::default();
         v.legacy_enabled = 0;
         v.doorbell_latch.iter_mut().for_each(|l| *l = 0);
         Ok(())
+    }
+
+    /// The physical side and VM `vm`, for the legacy trap code.
+    pub(crate) fn split(&mut self, vm: VmId) -> Option<(Phys<'_, T, R, P>, &mut Vm)> {
+        let Host {
+            config,
+            table,
+            routing,
+            irqs,
+            alloc,
+            vms,
+            ..
+        } = self;
+        let v = vms.get_mut(&vm)?;
+        Some((
+            Phys {
+                config,
+                table,
+                routing,
+                irqs,
+                alloc,
+            },
+            v,
+        ))
     }
 
     /// Convenience for [`Vm::set_legacy_interrupts_enabled`].

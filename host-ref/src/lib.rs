@@ -20,6 +20,12 @@
 //!   ([`PhysicalIrqs`]). `ACTIVATE` follows the flow of design brief B14: route, then physical
 //!   IRQ, then the IRTE — in posted mode the entry exists only once both succeeded — and any
 //!   failure unwinds what came before.
+//! * **Legacy scheme** — [`legacy`]: trap-and-emulate of the MSI capability and the MSI-X
+//!   table for guests that never negotiate ([`Host::trap_write`], [`Host::trap_read`]), an
+//!   emulated VT-d remapping unit with the guest's table in guest memory
+//!   ([`Host::viommu_write`]), every trapped access counted as an exit, and the switch: MSI-X
+//!   untrapped after `NEGOTIATE`, the MSI capability admitting only the issued message, a reset
+//!   trapping everything again (VIR-LEG-H-001..005, VIR-NEG-H-004, VIR-RST-H-006).
 //! * **Atomicity** — a call that does not return `SUCCESS` changes nothing (VIR-CALL-H-006);
 //!   [`Host::snapshot`] captures the state to prove it.
 //! * **Observability** — [`Counters`] of calls, statuses and binding events.
@@ -67,6 +73,7 @@ pub mod counters;
 mod fixture;
 pub mod handles;
 mod host;
+pub mod legacy;
 mod memory;
 pub mod snapshot;
 pub mod table;
@@ -84,5 +91,11 @@ pub use config::{
 };
 pub use counters::{Binding, Counters};
 pub use host::{DoorbellIgnored, Host, HostError, PioOutcome, X86Regs};
+pub use legacy::viommu::{Viommu, ViommuWrite, VirtualFault};
+pub use legacy::{
+    DeviceStorage, LegacyConfig, LegacyCounters, LegacySetupError, LegacySlot, MsiRefusal,
+    MsiRegister, MsixField, TrapError, TrapKind, TrapOutcome, TrapRead, TrapWrite, VectorEvent,
+    VirtualTarget,
+};
 pub use snapshot::VmSnapshot;
 pub use vm::{ActiveVector, Allocation, GuestTarget, VectorState, Vm, VmState};

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use crate::backend::IrteTable;
 use crate::config::Quotas;
 use crate::handles::HandleSlot;
+use crate::legacy::viommu::Viommu;
+use crate::legacy::{EmulatedMsi, EmulatedMsix};
 use crate::table::{TableAllocator, TableView};
 use crate::vm::{Allocation, Vm, VmState};
 
@@ -12,8 +14,9 @@ use crate::vm::{Allocation, Vm, VmState};
 ///
 /// Two snapshots compare equal exactly when negotiation, session, legacy hook, every handle
 /// slot (generation, retirement, allocation with per-vector states, targets, routes, host IRQs
-/// and IRTEs), the storage-slot index, the quotas used, the host-wide table allocator and the
-/// raw IRTEs read back from the table for this VM's entries are equal. Counters and doorbell
+/// and IRTEs), the storage-slot index, the quotas used, the host-wide table allocator, the
+/// raw IRTEs read back from the table for this VM's entries, and the legacy scheme's emulated
+/// MSI, MSI-X and remapping unit are equal. Counters and doorbell
 /// latches are not part of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSnapshot {
@@ -37,6 +40,12 @@ pub struct VmSnapshot {
     pub table: TableView,
     /// (index, raw entry) for every entry of this VM's allocations, read back from the table.
     pub irtes: Vec<(u32, Option<u128>)>,
+    /// The emulated MSI capability of each device, in configuration order (legacy scheme).
+    pub emulated_msi: Vec<EmulatedMsi>,
+    /// The emulated MSI-X capability and table of each device, in configuration order.
+    pub emulated_msix: Vec<EmulatedMsix>,
+    /// The emulated remapping unit.
+    pub viommu: Viommu,
 }
 
 impl VmSnapshot {
@@ -58,6 +67,9 @@ impl VmSnapshot {
             quotas: vm.config.quotas,
             table: alloc.view(),
             irtes,
+            emulated_msi: vm.legacy.devices.iter().map(|d| d.msi.clone()).collect(),
+            emulated_msix: vm.legacy.devices.iter().map(|d| d.msix.clone()).collect(),
+            viommu: vm.legacy.viommu.clone(),
         }
     }
 }

@@ -12,6 +12,8 @@
 //!   is read exactly once and that a failing call writes no response.
 //! * [`Caller`]: builds requests in guest memory and performs calls through
 //!   [`Host::handle_call`], as a guest would.
+//! * [`MockDeviceStorage`]: the physical interrupt storage the legacy trap code programs, with a
+//!   log of every write.
 //!
 //! Nothing here is meant for production: these types favour inspectability over speed.
 
@@ -40,6 +42,9 @@ use crate::backend::{
 };
 use crate::config::{ConfigError, HostConfig};
 use crate::host::Host;
+
+mod device_storage;
+pub use device_storage::{MockDeviceStorage, PhysicalDevice, StorageWrite};
 
 /// A backend event, as logged in a [`Journal`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

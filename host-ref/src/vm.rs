@@ -16,6 +16,8 @@ use crate::backend::{Gsi, HostIrq, VmId};
 use crate::config::{DeviceConfig, VcpuConfig, VmConfig};
 use crate::counters::Counters;
 use crate::handles::HandleTable;
+use crate::legacy::viommu::Viommu;
+use crate::legacy::{EmulatedMsi, EmulatedMsix, LegacyConfig, LegacyCounters, LegacyState};
 
 /// Negotiation state of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,6 +123,7 @@ pub struct Vm {
     pub(crate) vectors_used: u32,
     pub(crate) doorbell_latch: Vec<u32>,
     pub(crate) counters: Counters,
+    pub(crate) legacy: LegacyState,
 }
 
 impl Vm {
@@ -128,7 +131,6 @@ impl Vm {
         let nvcpus = config.vcpus.len();
         Vm {
             id,
-            config,
             state: VmState::Legacy,
             session: 0,
             legacy_enabled: 0,
@@ -138,6 +140,8 @@ impl Vm {
             vectors_used: 0,
             doorbell_latch: vec![0; nvcpus],
             counters: Counters::default(),
+            legacy: LegacyState::new(&config),
+            config,
         }
     }
 
@@ -184,8 +188,8 @@ impl Vm {
 
     /// Report how many legacy (trapped, emulated) MSI/MSI-X interrupts of this VM are enabled.
     ///
-    /// The legacy trap-and-emulate code calls this whenever the guest enables or disables an
-    /// MSI capability or an MSI-X entry. While the count is non-zero, `NEGOTIATE` fails with
+    /// The legacy trap-and-emulate code ([`Host::trap_write`](crate::Host::trap_write)) sets it
+    /// to the number of enabled MSI and MSI-X capabilities after every trapped write. While the count is non-zero, `NEGOTIATE` fails with
     /// `INVALID_STATE` (VIR-NEG-H-004): the guest must disable them before switching. A platform
     /// reset sets it back to 0.
     pub fn set_legacy_interrupts_enabled(&mut self, count: u32) {
@@ -241,5 +245,45 @@ impl Vm {
             .enumerate()
             .find(|(_, v)| v.apic_id == apic_id)
             .map(|(i, v)| (i as u32, v))
+    }
+
+    /// The legacy configuration ([`Host::set_legacy_config`](crate::Host::set_legacy_config)).
+    pub fn legacy_config(&self) -> LegacyConfig {
+        self.legacy.config
+    }
+
+    /// The emulated MSI capability of device `device_id` (`None` for an unknown device).
+    pub fn emulated_msi(&self, device_id: u32) -> Option<&EmulatedMsi> {
+        let i = self
+            .config
+            .devices
+            .iter()
+            .position(|d| d.device_id == device_id)?;
+        self.legacy.devices.get(i).map(|d| &d.msi)
+    }
+
+    /// The emulated MSI-X capability and table of device `device_id`.
+    pub fn emulated_msix(&self, device_id: u32) -> Option<&EmulatedMsix> {
+        let i = self
+            .config
+            .devices
+            .iter()
+            .position(|d| d.device_id == device_id)?;
+        self.legacy.devices.get(i).map(|d| &d.msix)
+    }
+
+    /// The emulated remapping unit.
+    pub fn viommu(&self) -> &Viommu {
+        &self.legacy.viommu
+    }
+
+    /// Exit and event counters of the legacy scheme.
+    pub fn legacy_counters(&self) -> &LegacyCounters {
+        &self.legacy.counters
+    }
+
+    /// Vectors the legacy scheme delivers now.
+    pub fn legacy_live_vectors(&self) -> usize {
+        self.legacy.live_vectors()
     }
 }
