@@ -32,10 +32,14 @@ pub const fn signature_regs() -> [u32; 3] {
     ]
 }
 
-/// Whether the registers of a base leaf carry the vIR signature and an info leaf.
+/// Whether the registers of a base leaf carry the vIR signature and an info leaf. A `base`
+/// whose info leaf would lie beyond `u32::MAX` has none: `false`, never an overflow.
 pub const fn is_vir_base(eax: u32, ebx: u32, ecx: u32, edx: u32, base: u32) -> bool {
     let s = signature_regs();
-    ebx == s[0] && ecx == s[1] && edx == s[2] && eax >= base + CPUID_INFO_OFFSET
+    let Some(info) = base.checked_add(CPUID_INFO_OFFSET) else {
+        return false;
+    };
+    ebx == s[0] && ecx == s[1] && edx == s[2] && eax >= info
 }
 
 /// Binding bits in the info leaf's `EBX`.
@@ -149,6 +153,16 @@ mod tests {
             r[2],
             0x4000_0000
         ));
+    }
+
+    #[test]
+    fn base_at_the_top_of_the_leaf_space_has_no_info_leaf() {
+        // Found by the decode_wire fuzz target: `base + 1` overflowed (a panic with overflow
+        // checks, and `eax >= 0`, i.e. a false vIR base, without them).
+        let r = signature_regs();
+        assert!(!is_vir_base(u32::MAX, r[0], r[1], r[2], u32::MAX));
+        assert!(!is_vir_base(0, r[0], r[1], r[2], u32::MAX));
+        assert!(is_vir_base(u32::MAX, r[0], r[1], r[2], u32::MAX - 1));
     }
 
     #[test]

@@ -82,8 +82,33 @@ fn decode_wire_seeds() -> Vec<Seed> {
         .u32(0x5650)
         .u32(0)
         .u32(0x4000_0100);
+    // The base leaf of a vIR block at 0x4000_0100: EAX = highest leaf, the signature in EBX,
+    // ECX, EDX (VIR-DISC-H-003).
+    let [sb, sc, sd] = vir_abi::discovery::signature_regs();
+    let mut base_leaf = Encoder::new();
+    base_leaf
+        .u64(0x5649_0001)
+        .u32(0)
+        .u32(0x4000_0101)
+        .u32(sb)
+        .u32(sc)
+        .u32(sd)
+        .u32(0x4000_0100);
+    // Regression (fixed in vir-abi): a signature with base 0xFFFF_FFFF made `is_vir_base`
+    // compute `base + 1` and overflow.
+    let mut top_base = Encoder::new();
+    top_base
+        .u64(0x5649_0001)
+        .u32(0)
+        .u32(0x4000_0101)
+        .u32(sb)
+        .u32(sc)
+        .u32(sd)
+        .u32(u32::MAX);
     vec![
         seed("zeros-64", vec![0; 64]),
+        seed("registers-base-leaf", base_leaf.finish()),
+        seed("regression-is-vir-base-overflow", top_base.finish()),
         seed("query-response", query.as_bytes().to_vec()),
         seed("activate-reserve", activate.as_bytes().to_vec()),
         seed("doorbell-activate", block.as_bytes().to_vec()),
