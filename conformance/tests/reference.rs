@@ -1,0 +1,144 @@
+//! The suite against the reference host (`vir-host` over its mock backends), in posted and
+//! remapped mode: every mandatory requirement with a check passes, apart from the departures
+//! listed in `KNOWN_DEPARTURES`, and the coverage figures hold.
+
+use vir_conform::{
+    Outcome, ReferenceConfig, ReferenceFactory, Report, RunOptions, Verdict, report, run,
+};
+use vir_host::IrMode;
+use vir_spec::requirements::Level;
+
+/// Requirements the reference host is known to depart from (reported to its authors):
+/// VIR-DB-H-009 — a RESET call leaves the doorbell latches of the vCPUs set (only a platform
+/// reset clears them).
+const KNOWN_DEPARTURES: &[&str] = &["VIR-DB-H-009"];
+
+fn run_reference(config: ReferenceConfig) -> Report {
+    let mut f = ReferenceFactory::new(config);
+    run(&mut f, &RunOptions::default()).expect("the suite runs")
+}
+
+fn assert_conforms(r: &Report) {
+    let failed = r.failed_requirements();
+    assert!(
+        failed.iter().all(|id| KNOWN_DEPARTURES.contains(id)),
+        "unexpected failures {failed:?}\n{}",
+        report::text(r)
+    );
+    // Every check other than those of the known departures passes or does not apply.
+    for c in &r.runs {
+        let known = c.check.ids.iter().any(|id| KNOWN_DEPARTURES.contains(id));
+        match &c.outcome {
+            Outcome::Pass | Outcome::NotApplicable(_) => {}
+            Outcome::Fail(_) if known || c.advisory => {}
+            o => panic!("{}: {o:?}", c.check.name),
+        }
+    }
+}
+
+#[test]
+fn reference_posted_conforms() {
+    let r = run_reference(ReferenceConfig::default());
+    assert_conforms(&r);
+    assert_eq!(r.host, "reference (posted, x2APIC)");
+}
+
+#[test]
+fn reference_remapped_conforms() {
+    let r = run_reference(ReferenceConfig {
+        ir_mode: IrMode::Remapped,
+        apic_mode: vir_abi::hw::ApicMode::XApic,
+    });
+    assert_conforms(&r);
+    assert_eq!(r.host, "reference (remapped, xAPIC)");
+}
+
+#[test]
+fn coverage_of_host_musts() {
+    let r = run_reference(ReferenceConfig::default());
+    let musts: Vec<_> = r
+        .requirements
+        .iter()
+        .filter(|q| q.level == Level::Must)
+        .collect();
+    let with_check = musts
+        .iter()
+        .filter(|q| q.verdict != Verdict::NoCheck)
+        .count();
+    let without: Vec<&str> = musts
+        .iter()
+        .filter(|q| q.verdict == Verdict::NoCheck)
+        .map(|q| q.id.as_str())
+        .collect();
+    assert_eq!(musts.len(), 127, "host MUST requirements in the register");
+    assert_eq!(with_check, 117);
+    assert_eq!(
+        without,
+        vec![
+            "VIR-CALL-H-009",
+            "VIR-MEM-H-009",
+            "VIR-RST-H-006",
+            "VIR-VMS-H-003",
+            "VIR-FMT-H-008",
+            "VIR-LEG-H-003",
+            "VIR-LEG-H-004",
+            "VIR-LEG-H-005",
+            "VIR-LEG-H-006",
+            "VIR-SEC-H-006",
+        ]
+    );
+    // Not applicable to a VT-d host with one version.
+    for id in ["VIR-FMT-H-005", "VIR-FMT-H-006", "VIR-NEG-H-008"] {
+        assert_eq!(
+            r.requirement(id).map(|q| q.verdict),
+            Some(Verdict::NotApplicable),
+            "{id}"
+        );
+    }
+    // The reference leaves FPD clear in allocated, not-present entries: advisory, reported.
+    let sec9 = r.requirement("VIR-SEC-H-009").expect("listed");
+    assert_eq!((sec9.level, sec9.verdict), (Level::Should, Verdict::Fail));
+}
+
+#[test]
+fn expected_failures_make_the_reference_run_pass() {
+    let mut f = ReferenceFactory::default();
+    let known: Vec<String> = run_reference(ReferenceConfig::default())
+        .failed_requirements()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let options = RunOptions {
+        only: None,
+        expect_fail: known.clone(),
+    };
+    let r = run(&mut f, &options).expect("the suite runs");
+    assert!(!r.failed(), "{}", report::text(&r));
+    assert_eq!(r.summary().expected_failures, known.len());
+    assert_eq!(r.summary().failed, 0);
+}
+
+#[test]
+fn only_selects_checks_by_id_or_name() {
+    let mut f = ReferenceFactory::default();
+    let options = RunOptions {
+        only: Some("VIR-ALC-H-00".into()),
+        expect_fail: Vec::new(),
+    };
+    let r = run(&mut f, &options).expect("the suite runs");
+    assert!(r.runs.iter().all(
+        |c| c.check.ids.iter().any(|id| id.starts_with("VIR-ALC-H-00"))
+            || c.check.name.contains("vir-alc-h-00")
+    ));
+    assert!(r.requirements.iter().any(|q| q.id == "VIR-ALC-H-004"));
+    assert!(r.requirements.iter().all(|q| q.verdict != Verdict::NoCheck));
+    assert!(!r.failed());
+    let none = RunOptions {
+        only: Some("no-such-check".into()),
+        expect_fail: Vec::new(),
+    };
+    assert!(matches!(
+        run(&mut f, &none),
+        Err(vir_conform::RunError::NothingSelected(p)) if p == "no-such-check"
+    ));
+}
