@@ -15,8 +15,11 @@
 //! * **supports_ims** is the capability of B1: true only where IMS is safe (IR hardware, or vIR
 //!   negotiated with an IMS feature).
 //!
-//! [`VirDomain`](crate::VirDomain) implements it with vIR hypercalls; bare-metal VT-d and an
-//! emulated vIOMMU are other implementations of the same trait.
+//! [`VirDomain`](crate::VirDomain) implements it with vIR hypercalls;
+//! [`BareMetalVtdDomain`](crate::BareMetalVtdDomain) (bare-metal VT-d) and
+//! [`EmulatedVtdDomain`](crate::EmulatedVtdDomain) (an emulated vIOMMU without vIR) are the
+//! other implementations of the same trait, and [`select_ir_domain`](crate::select_ir_domain)
+//! tells the three situations apart.
 
 use core::fmt;
 use vir_abi::feature::Features;
@@ -26,6 +29,7 @@ use vir_abi::wire::MessageFormat;
 
 use crate::device::{DeviceId, StorageType};
 use crate::hypercall::CallError;
+use crate::vtd_domain::HardwareError;
 
 /// A domain-defined identifier of a live allocation (for [`VirDomain`](crate::VirDomain): the
 /// vIR handle). Unique among the domain's live allocations.
@@ -188,6 +192,19 @@ pub enum DomainError {
     Host(CallError),
     /// The hypervisor answered SUCCESS with a non-conforming response.
     Protocol(ProtocolError),
+    /// The domain's own remapping table has no free naturally aligned run of 2^`log2_count`
+    /// entries (VT-d domains).
+    TableFull {
+        /// log2 of the entries needed.
+        log2_count: u8,
+    },
+    /// The remapping unit refused an access (VT-d domains).
+    Hardware(HardwareError),
+    /// The target's APIC id does not fit the table's destination format (xAPIC: above 255).
+    UnreachableDestination {
+        /// The APIC id.
+        apic_id: u32,
+    },
 }
 
 impl DomainError {
@@ -203,6 +220,9 @@ impl DomainError {
             | Self::InvalidState { .. } => errno::EINVAL,
             Self::Host(e) => e.errno(),
             Self::Protocol(_) => errno::EIO,
+            Self::TableFull { .. } => errno::ENOSPC,
+            Self::Hardware(e) => e.errno(),
+            Self::UnreachableDestination { .. } => errno::EINVAL,
         }
     }
 }
@@ -225,6 +245,13 @@ impl fmt::Display for DomainError {
             }
             Self::Host(e) => write!(f, "{e}"),
             Self::Protocol(e) => write!(f, "protocol violation: {e}"),
+            Self::TableFull { log2_count } => {
+                write!(f, "no free run of {} remapping entries", 1u32 << log2_count)
+            }
+            Self::Hardware(e) => write!(f, "{e}"),
+            Self::UnreachableDestination { apic_id } => {
+                write!(f, "APIC id {apic_id:#x} does not fit the table's format")
+            }
         }
     }
 }

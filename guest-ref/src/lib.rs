@@ -14,6 +14,11 @@
 //! * [`domain`]: the interrupt-remapping domain interface ([`RemapDomain`]) at the level of a Linux
 //!   IR irqdomain (alloc, activate, set affinity, deactivate, free, `supports_ims`);
 //! * [`vir_domain`]: [`VirDomain`], the implementation that makes vIR hypercalls;
+//! * [`vtd_domain`]: [`BareMetalVtdDomain`] (a kernel on real VT-d) and [`EmulatedVtdDomain`]
+//!   (a guest whose vIOMMU emulates remapping without vIR: IMS refused), programming IRTEs
+//!   themselves;
+//! * [`select`]: [`select_ir_domain`], the choice among the three without heuristics (B1), and
+//!   [`IrDomain`], the three behind one type;
 //! * [`matrix`]: [`VectorMatrix`], a per-vCPU vector allocator like Linux's `irq_matrix`, with
 //!   reservation mode and CPU online/offline;
 //! * [`storage`]: the [`InterruptStorage`] trait (MSI capability, MSI-X table, IMS in device or
@@ -22,8 +27,9 @@
 //!   Linux-style irq numbers: `alloc_irq_vectors`, `request_irq`, `set_affinity`, `free_irq`,
 //!   `free_irq_vectors`, CPU hot-unplug, and the per-CPU vector→irq table.
 //!
-//! The driver-facing API does not depend on which domain is underneath: bare-metal VT-d or an
-//! emulated vIOMMU implement [`RemapDomain`] the same way [`VirDomain`] does.
+//! The driver-facing API does not depend on which domain is underneath: bare-metal VT-d and an
+//! emulated vIOMMU implement [`RemapDomain`] the same way [`VirDomain`] does; only the IMS
+//! capability differs (`VIR-LEG-G-001`).
 //!
 //! Errors are one enum per concern, each carrying the offending values, and each has an
 //! `errno()` (positive, as [`vir_abi::status::Status::errno`]): what a kernel returns to the
@@ -42,8 +48,10 @@ pub mod hypercall;
 pub mod irq;
 pub mod matrix;
 pub mod negotiation;
+pub mod select;
 pub mod storage;
 pub mod vir_domain;
+pub mod vtd_domain;
 
 pub use cpu::{CpuId, CpuMask};
 pub use device::{DeviceId, StorageType};
@@ -59,5 +67,10 @@ pub use irq::{
 };
 pub use matrix::{VectorConfig, VectorError, VectorMatrix, VectorSet};
 pub use negotiation::{NegotiationError, Session};
+pub use select::{IrDomain, IrSituation, NoVirReason, select_ir_domain};
 pub use storage::{InterruptStorage, StorageError, StorageSlot, StorageStats};
 pub use vir_domain::{Quota, VirDomain};
+pub use vtd_domain::{
+    BareMetalVtdDomain, EmulatedVtdDomain, HardwareError, IrteMemory, RemappingHardware,
+    VtdRegisters, VtdStats,
+};
