@@ -114,6 +114,15 @@ pub enum CliError {
         /// Deliveries wrong or missing.
         failed_deliveries: u64,
     },
+    /// `conform` could not run the suite.
+    Conformance(vir_conform::RunError),
+    /// `conform` ran, and MUST requirements failed (or some expected to fail passed).
+    ConformanceFailed {
+        /// The requirements that fail the run.
+        failed: Vec<String>,
+        /// How many of them were expected to fail and passed.
+        unexpected_passes: usize,
+    },
 }
 
 impl CliError {
@@ -129,7 +138,15 @@ impl CliError {
             | Self::Header(_)
             | Self::Output(_)
             | Self::Simulation(_)
-            | Self::SimulationFailed { .. } => EXIT_DATA,
+            | Self::SimulationFailed { .. }
+            | Self::ConformanceFailed { .. } => EXIT_DATA,
+            Self::Conformance(e) => match e {
+                vir_conform::RunError::NothingSelected(_)
+                | vir_conform::RunError::UnknownRequirement(_) => EXIT_USAGE,
+                vir_conform::RunError::Register(_) | vir_conform::RunError::Setup { .. } => {
+                    EXIT_DATA
+                }
+            },
         }
     }
 }
@@ -154,6 +171,17 @@ impl fmt::Display for CliError {
                 f,
                 "simulation failed: {failed_deliveries} deliveries wrong or missing (see the report)"
             ),
+            Self::Conformance(e) => write!(f, "conformance: {e}"),
+            Self::ConformanceFailed {
+                failed,
+                unexpected_passes,
+            } => {
+                write!(f, "conformance failed: {}", failed.join(", "))?;
+                if *unexpected_passes != 0 {
+                    write!(f, " ({unexpected_passes} expected to fail but passed)")?;
+                }
+                f.write_str(" (see the report)")
+            }
         }
     }
 }

@@ -4,9 +4,10 @@
 //! structure) and the hardware formats behind the messages a vIR host returns (x86 MSI in
 //! compatibility format, VT-d remappable MSI, AMD-Vi MSI, VT-d and AMD-Vi IRTEs, the
 //! posted-interrupt descriptor), prints the C header generated from the ABI, and runs the
-//! end-to-end simulation of the reference guest against the reference host (`simulate`).
+//! end-to-end simulation of the reference guest against the reference host (`simulate`) and the
+//! host conformance suite (`conform`).
 //!
-//! One module per subcommand (`decode`, `encode`, `header`, `simulate`); the shared machinery is in
+//! One module per subcommand (`decode`, `encode`, `header`, `simulate`, `conform`); the shared machinery is in
 //! [`types`] (the type registry), [`input`] (the data operand), [`value`] (`field=value`
 //! arguments), [`report`] (human and JSON output), [`wire`] (vIR wire structures) and [`hw`]
 //! (hardware formats). Every failure is an [`error::CliError`], printed as one line
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod conform;
 mod decode;
 mod encode;
 mod error;
@@ -64,6 +66,8 @@ enum Command {
     Header(header::HeaderArgs),
     /// Run the reference guest against the reference host on the simulated platform, end to end
     Simulate(simulate::SimulateArgs),
+    /// Run the host conformance suite against the reference host (or a broken one) and report per requirement
+    Conform(conform::ConformArgs),
 }
 
 /// Builds the clap command with the run-time parts of the help (the list of types).
@@ -90,6 +94,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Encode(args) => encode::run(&args, out),
         Command::Header(args) => header::run(&args, out),
         Command::Simulate(args) => simulate::run(&args, out),
+        Command::Conform(args) => conform::run(&args, out),
     }
 }
 
