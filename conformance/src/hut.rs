@@ -244,6 +244,57 @@ impl Fault {
     }
 }
 
+/// A register of a device's MSI capability, MSI-X capability (both in config space) or MSI-X
+/// table, as the guest accesses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CapRegister {
+    /// MSI Message Control: bit 0 MSI Enable, bits 6:4 Multiple Message Enable.
+    MsiControl,
+    /// MSI Message Address, bits 31:0.
+    MsiAddressLo,
+    /// MSI Message Upper Address.
+    MsiAddressHi,
+    /// MSI Message Data.
+    MsiData,
+    /// MSI Mask Bits.
+    MsiMaskBits,
+    /// MSI-X Message Control: bit 15 MSI-X Enable, bit 14 Function Mask.
+    MsixControl,
+    /// A 32-bit field of MSI-X table entry `index`: `offset` 0 address, 4 upper address, 8 data,
+    /// 12 vector control (bit 0 Mask).
+    MsixEntry {
+        /// Table index.
+        index: u32,
+        /// Byte offset of the field in the 16-byte entry.
+        offset: u32,
+    },
+}
+
+/// MSI Message Control: MSI Enable.
+pub const MSI_ENABLE: u32 = 1;
+/// MSI-X Message Control: MSI-X Enable.
+pub const MSIX_ENABLE: u32 = 1 << 15;
+/// MSI-X Message Control: Function Mask.
+pub const MSIX_FUNCTION_MASK: u32 = 1 << 14;
+
+/// The interrupt controls a device itself holds (its physical registers, not the emulation the
+/// guest sees).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct DeviceInterrupts {
+    /// MSI Enable.
+    pub msi_enabled: bool,
+    /// MSI Multiple Message Enable.
+    pub msi_mme: u8,
+    /// MSI message address.
+    pub msi_address: u64,
+    /// MSI message data.
+    pub msi_data: u32,
+    /// MSI-X Enable.
+    pub msix_enabled: bool,
+    /// MSI-X Function Mask.
+    pub msix_function_mask: bool,
+}
+
 /// A host configuration other than the fixture's, for the discovery checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Variant {
@@ -280,6 +331,10 @@ pub enum Hook {
     Variant(Variant),
     /// A hypercall instruction the harness cannot execute.
     Instruction(HypercallInsn),
+    /// [`HostUnderTest::config_write`] / [`HostUnderTest::config_read`].
+    ConfigSpace,
+    /// [`HostUnderTest::device_interrupts`].
+    DeviceState,
 }
 
 impl fmt::Display for Hook {
@@ -297,6 +352,8 @@ impl fmt::Display for Hook {
             Self::MsixTrap => f.write_str("MSI-X trap introspection"),
             Self::Variant(v) => write!(f, "host variant {v:?}"),
             Self::Instruction(i) => write!(f, "{i:?} execution"),
+            Self::ConfigSpace => f.write_str("MSI/MSI-X register access"),
+            Self::DeviceState => f.write_str("physical device interrupt state"),
         }
     }
 }
@@ -325,6 +382,15 @@ pub enum HarnessError {
         /// Length.
         len: u64,
     },
+    /// The device has no such register (no MSI or MSI-X capability, index past the table).
+    NoRegister {
+        /// The VM.
+        vm: VmRef,
+        /// Guest-visible device id.
+        device_id: u32,
+        /// The register.
+        register: CapRegister,
+    },
     /// The device is not a device of the VM (a hook was asked about it).
     UnknownDevice {
         /// The VM.
@@ -346,6 +412,14 @@ impl fmt::Display for HarnessError {
             Self::UnknownDevice { vm, device_id } => {
                 write!(f, "device {device_id:#x} is not a device of the {vm}")
             }
+            Self::NoRegister {
+                vm,
+                device_id,
+                register,
+            } => write!(
+                f,
+                "device {device_id:#x} of the {vm} has no register {register:?}"
+            ),
         }
     }
 }
@@ -677,6 +751,42 @@ pub trait HostUnderTest {
     fn msix_trapped(&mut self, vm: VmRef, device_id: u32) -> Result<bool, HarnessError> {
         let _ = (vm, device_id);
         Err(HarnessError::Unsupported(Hook::MsixTrap))
+    }
+
+    /// Hook: a guest write of `value` to `register` of device `device_id` of `vm`, handled as
+    /// the VMM handles it in the VM's current state (trapped and emulated, forwarded, or —
+    /// for an untrapped MSI-X table — reaching the device directly). A refused write is not an
+    /// error: the guest just sees its effect (or none).
+    fn config_write(
+        &mut self,
+        vm: VmRef,
+        device_id: u32,
+        register: CapRegister,
+        value: u32,
+    ) -> Result<(), HarnessError> {
+        let _ = (vm, device_id, register, value);
+        Err(HarnessError::Unsupported(Hook::ConfigSpace))
+    }
+
+    /// Hook: a guest read of `register` of device `device_id` of `vm`.
+    fn config_read(
+        &mut self,
+        vm: VmRef,
+        device_id: u32,
+        register: CapRegister,
+    ) -> Result<u32, HarnessError> {
+        let _ = (vm, device_id, register);
+        Err(HarnessError::Unsupported(Hook::ConfigSpace))
+    }
+
+    /// Hook: the physical interrupt controls of device `device_id` of `vm`.
+    fn device_interrupts(
+        &mut self,
+        vm: VmRef,
+        device_id: u32,
+    ) -> Result<DeviceInterrupts, HarnessError> {
+        let _ = (vm, device_id);
+        Err(HarnessError::Unsupported(Hook::DeviceState))
     }
 }
 

@@ -26,7 +26,8 @@
 //! * the optional hooks — snapshots of host state, IRTE introspection, a table scan, interrupt
 //!   delivery introspection, a guest-memory access log, mutation of a request after the host's
 //!   first read, backend failure injection, a physical-side event log, legacy MSI enable
-//!   control, MSI-X trap introspection, host variants — have defaults that answer
+//!   control, MSI-X trap introspection, guest accesses to the MSI/MSI-X registers and the
+//!   device's physical interrupt state, host variants — have defaults that answer
 //!   [`HarnessError::Unsupported`]; checks that need them are then *not testable*.
 //!
 //! A VMM over KVM would implement `call` by running a small guest stub that executes `VMCALL`
@@ -63,9 +64,9 @@ pub mod report;
 pub mod runner;
 
 pub use hut::{
-    Buffer, Delivery, DeviceFixture, Fault, Fixture, HarnessError, Hook, HostFactory,
-    HostUnderTest, HypercallInsn, IoWidth, IrteFormat, IrteView, MemAccess, PhysEvent, Regs, Scope,
-    SetupError, Snapshot, SourceId, Variant, VcpuFixture, VmFixture, VmRef,
+    Buffer, CapRegister, Delivery, DeviceFixture, DeviceInterrupts, Fault, Fixture, HarnessError,
+    Hook, HostFactory, HostUnderTest, HypercallInsn, IoWidth, IrteFormat, IrteView, MemAccess,
+    PhysEvent, Regs, Scope, SetupError, Snapshot, SourceId, Variant, VcpuFixture, VmFixture, VmRef,
 };
 pub use outcome::{Expected, Failure, Outcome};
 pub use reference::{ReferenceConfig, ReferenceFactory, ReferenceHost};

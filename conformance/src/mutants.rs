@@ -5,7 +5,7 @@
 //! implementation bug would: answering an unknown code, skipping the reserved-field check,
 //! checking the device before the kind, leaking a route on a failed activation, writing the
 //! response on failure, resolving a handle in the wrong VM, reading the request twice, echoing
-//! the wrong session number.
+//! the wrong session number, enabling MSI with a message the host did not issue.
 
 use vir_abi::call::CallCode;
 use vir_abi::status::Status;
@@ -15,8 +15,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::checks::{request_desc, reserved_ranges};
 use crate::hut::{
-    Buffer, Fault, Fixture, HarnessError, HostFactory, HostUnderTest, HypercallInsn, IoWidth,
-    IrteView, MemAccess, PhysEvent, Regs, Scope, SetupError, Snapshot, VmRef,
+    Buffer, CapRegister, DeviceInterrupts, Fault, Fixture, HarnessError, HostFactory,
+    HostUnderTest, HypercallInsn, IoWidth, IrteView, MSI_ENABLE, MemAccess, PhysEvent, Regs, Scope,
+    SetupError, Snapshot, VmRef,
 };
 use crate::reference::{ReferenceConfig, ReferenceHost};
 
@@ -39,11 +40,14 @@ pub enum Breakage {
     ReadRequestTwice,
     /// Reports a session number one too high in the NEGOTIATE response.
     WrongSessionNumber,
+    /// Enables a device's MSI in NEGOTIATED whatever message the guest wrote (it substitutes
+    /// the issued one instead of refusing the enable).
+    AcceptAnyMsiEnable,
 }
 
 impl Breakage {
     /// Every breakage.
-    pub const ALL: [Breakage; 8] = [
+    pub const ALL: [Breakage; 9] = [
         Breakage::SucceedUnknownCalls,
         Breakage::SkipReservedCheck,
         Breakage::DeviceCheckBeforeKind,
@@ -52,6 +56,7 @@ impl Breakage {
         Breakage::AcceptForeignHandles,
         Breakage::ReadRequestTwice,
         Breakage::WrongSessionNumber,
+        Breakage::AcceptAnyMsiEnable,
     ];
 
     /// The kebab-case name (for `vir conform --host mutant:NAME`).
@@ -65,6 +70,7 @@ impl Breakage {
             Self::AcceptForeignHandles => "accept-foreign-handles",
             Self::ReadRequestTwice => "read-request-twice",
             Self::WrongSessionNumber => "wrong-session-number",
+            Self::AcceptAnyMsiEnable => "accept-any-msi-enable",
         }
     }
 
@@ -84,6 +90,7 @@ impl Breakage {
             Self::AcceptForeignHandles => "VIR-SEC-H-004",
             Self::ReadRequestTwice => "VIR-MEM-H-007",
             Self::WrongSessionNumber => "VIR-NEG-H-007",
+            Self::AcceptAnyMsiEnable => "VIR-LEG-H-003",
         }
     }
 }
@@ -402,6 +409,49 @@ impl HostUnderTest for MutantHost {
 
     fn msix_trapped(&mut self, vm: VmRef, device_id: u32) -> Result<bool, HarnessError> {
         self.inner.msix_trapped(vm, device_id)
+    }
+
+    fn config_write(
+        &mut self,
+        vm: VmRef,
+        device_id: u32,
+        register: CapRegister,
+        value: u32,
+    ) -> Result<(), HarnessError> {
+        let enabling = register == CapRegister::MsiControl && value & MSI_ENABLE != 0;
+        if self.breakage == Breakage::AcceptAnyMsiEnable && enabling && self.negotiated(vm) {
+            let issued = self
+                .inner
+                .host()
+                .vm(self.inner.vm_id(vm))
+                .and_then(|v| v.msi_message_issued(device_id));
+            if let Some(m) = issued {
+                self.inner
+                    .config_write(vm, device_id, CapRegister::MsiAddressLo, m.address_lo)?;
+                self.inner
+                    .config_write(vm, device_id, CapRegister::MsiAddressHi, m.address_hi)?;
+                self.inner
+                    .config_write(vm, device_id, CapRegister::MsiData, m.data)?;
+            }
+        }
+        self.inner.config_write(vm, device_id, register, value)
+    }
+
+    fn config_read(
+        &mut self,
+        vm: VmRef,
+        device_id: u32,
+        register: CapRegister,
+    ) -> Result<u32, HarnessError> {
+        self.inner.config_read(vm, device_id, register)
+    }
+
+    fn device_interrupts(
+        &mut self,
+        vm: VmRef,
+        device_id: u32,
+    ) -> Result<DeviceInterrupts, HarnessError> {
+        self.inner.device_interrupts(vm, device_id)
     }
 }
 

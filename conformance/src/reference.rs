@@ -13,7 +13,6 @@
 //! instruction (VIR-REG-H-002). The checks of those requirements therefore test this adapter as
 //! much as `vir-host`.
 
-use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};
 
 use vir_abi::call::{CallCode, decode_rax};
@@ -28,16 +27,19 @@ use vm_memory::{
     Permissions,
 };
 
-use vir_host::testing::{Event, Journal, MockHost, mock_host, mock_state};
+use vir_abi::hw::msi::MsiMessage;
+use vir_host::testing::{Event, Journal, MockDeviceStorage, MockHost, mock_host, mock_state};
 use vir_host::{
-    BackendError, BackendOp, DeviceConfig, HostConfig, IrMode, Quotas, SourceValidation,
-    StorageSizes, VcpuConfig, VmConfig, VmId, X86Regs,
+    BackendError, BackendOp, DeviceConfig, DeviceStorage, HostConfig, IrMode, MsiRegister,
+    MsixField, Quotas, SourceValidation, StorageSizes, TrapError, TrapRead, TrapWrite, VcpuConfig,
+    VmConfig, VmId, X86Regs,
 };
 
 use crate::hut::{
-    Buffer, Delivery, DeviceFixture, Fault, Fixture, HarnessError, Hook, HostFactory,
-    HostUnderTest, HypercallInsn, IoWidth, IrteFormat, IrteView, MemAccess, PhysEvent, Regs, Scope,
-    SetupError, Snapshot, SourceId, Variant, VcpuFixture, VmFixture, VmRef,
+    Buffer, CapRegister, Delivery, DeviceFixture, DeviceInterrupts, Fault, Fixture, HarnessError,
+    Hook, HostFactory, HostUnderTest, HypercallInsn, IoWidth, IrteFormat, IrteView, MSI_ENABLE,
+    MSIX_ENABLE, MemAccess, PhysEvent, Regs, Scope, SetupError, Snapshot, SourceId, Variant,
+    VcpuFixture, VmFixture, VmRef,
 };
 
 /// KVM's "unknown hypercall" return value (`-KVM_ENOSYS`), what the VMM leaves in `RAX` for a
@@ -369,7 +371,8 @@ pub struct ReferenceHost {
     mem: [HookedMemory; 2],
     fixture: Fixture,
     name: String,
-    legacy_enabled: BTreeSet<(VmRef, u32)>,
+    storage: MockDeviceStorage,
+    requester_ids: [Vec<(u32, u16)>; 2],
 }
 
 impl std::fmt::Debug for ReferenceHost {
@@ -405,6 +408,13 @@ impl ReferenceHost {
             shared_table_free: Some(TABLE_SIZE),
             irte_format: Some(IrteFormat::Vtd(config.apic_mode)),
         };
+        let rids = |c: &VmConfig| -> Vec<(u32, u16)> {
+            c.devices
+                .iter()
+                .map(|d| (d.device_id, d.requester_id))
+                .collect()
+        };
+        let requester_ids = [rids(&p.config), rids(&s.config)];
         let a = host.add_vm(p.config).map_err(ReferenceSetupError::Config)?;
         let b = host.add_vm(s.config).map_err(ReferenceSetupError::Config)?;
         let ram = || {
@@ -435,7 +445,8 @@ impl ReferenceHost {
             ],
             fixture,
             name,
-            legacy_enabled: BTreeSet::new(),
+            storage: MockDeviceStorage::new(),
+            requester_ids,
         })
     }
 
@@ -485,6 +496,55 @@ impl ReferenceHost {
         }
     }
 
+    /// The physical requester id of a fixture device.
+    fn requester_id(&self, vm: VmRef, device_id: u32) -> Result<u16, HarnessError> {
+        let list = match vm {
+            VmRef::Primary => &self.requester_ids[0],
+            VmRef::Secondary => &self.requester_ids[1],
+        };
+        list.iter()
+            .find(|(d, _)| *d == device_id)
+            .map(|(_, r)| *r)
+            .ok_or(HarnessError::UnknownDevice { vm, device_id })
+    }
+
+    fn map_trap_error(
+        vm: VmRef,
+        device_id: u32,
+        register: CapRegister,
+        e: TrapError,
+    ) -> HarnessError {
+        match e {
+            TrapError::UnknownVm(_) => HarnessError::UnknownVm(vm),
+            TrapError::UnknownDevice { .. } => HarnessError::UnknownDevice { vm, device_id },
+            TrapError::NoMsi(_)
+            | TrapError::NoMsix(_)
+            | TrapError::MsixIndexOutOfRange { .. }
+            | TrapError::MsixNotTrapped { .. }
+            | TrapError::NoViommu(_) => HarnessError::NoRegister {
+                vm,
+                device_id,
+                register,
+            },
+        }
+    }
+
+    /// Whether MSI-X table accesses of `vm` are trapped (otherwise the table is mapped and the
+    /// guest's accesses reach the device).
+    fn msix_is_trapped(&self, vm: VmRef) -> Result<bool, HarnessError> {
+        self.host
+            .vm(self.vm_id(vm))
+            .map(|v| v.msix_trapped())
+            .ok_or(HarnessError::UnknownVm(vm))
+    }
+
+    fn msix_entries(&self, vm: VmRef, device_id: u32) -> u32 {
+        self.fixture
+            .vm(vm)
+            .and_then(|f| f.devices.iter().find(|d| d.device_id == device_id))
+            .map_or(0, |d| d.msix_entries)
+    }
+
     fn device_known(&self, vm: VmRef, device_id: u32) -> Result<(), HarnessError> {
         let known = self
             .fixture
@@ -525,6 +585,10 @@ impl ReferenceHost {
             format!("irtes {} vectors {}", s.irtes_used, s.vectors_used),
         );
         put("irtes", format!("{:?}", s.irtes));
+        put(
+            "emulation",
+            format!("{:?} {:?} {:?}", s.emulated_msi, s.emulated_msix, s.viommu),
+        );
         let routes: Vec<_> = m.routes.iter().filter(|((v, _), _)| *v == id).collect();
         put("routes", format!("{routes:?}"));
         let irqs: Vec<_> = m.irqs.iter().filter(|(_, i)| i.vm == id).collect();
@@ -737,9 +801,7 @@ impl HostUnderTest for ReferenceHost {
         let id = self.vm_id(vm);
         self.host
             .reset_vm(id)
-            .map_err(|e| Self::map_host_error(vm, e))?;
-        self.legacy_enabled.retain(|(v, _)| *v != vm);
-        Ok(())
+            .map_err(|e| Self::map_host_error(vm, e))
     }
 
     fn snapshot(&mut self, scope: Scope) -> Result<Snapshot, HarnessError> {
@@ -950,26 +1012,148 @@ impl HostUnderTest for ReferenceHost {
         device_id: u32,
         enabled: bool,
     ) -> Result<(), HarnessError> {
+        // Through the trapped capability, as the guest enables it.
         self.device_known(vm, device_id)?;
-        if enabled {
-            self.legacy_enabled.insert((vm, device_id));
+        if self.msix_entries(vm, device_id) > 0 {
+            let v = if enabled { MSIX_ENABLE } else { 0 };
+            self.config_write(vm, device_id, CapRegister::MsixControl, v)
         } else {
-            self.legacy_enabled.remove(&(vm, device_id));
+            let v = if enabled { MSI_ENABLE } else { 0 };
+            self.config_write(vm, device_id, CapRegister::MsiControl, v)
         }
-        let count = self.legacy_enabled.iter().filter(|(v, _)| *v == vm).count() as u32;
-        let id = self.vm_id(vm);
-        self.host
-            .set_legacy_interrupts_enabled(id, count)
-            .map_err(|e| Self::map_host_error(vm, e))
     }
 
     fn msix_trapped(&mut self, vm: VmRef, device_id: u32) -> Result<bool, HarnessError> {
         self.device_known(vm, device_id)?;
+        self.msix_is_trapped(vm)
+    }
+
+    fn config_write(
+        &mut self,
+        vm: VmRef,
+        device_id: u32,
+        register: CapRegister,
+        value: u32,
+    ) -> Result<(), HarnessError> {
+        let rid = self.requester_id(vm, device_id)?;
+        let no_register = HarnessError::NoRegister {
+            vm,
+            device_id,
+            register,
+        };
+        let write = match register {
+            CapRegister::MsiControl => TrapWrite::Msi(MsiRegister::Control(value as u16)),
+            CapRegister::MsiAddressLo => TrapWrite::Msi(MsiRegister::AddressLo(value)),
+            CapRegister::MsiAddressHi => TrapWrite::Msi(MsiRegister::AddressHi(value)),
+            CapRegister::MsiData => TrapWrite::Msi(MsiRegister::Data(value as u16)),
+            CapRegister::MsiMaskBits => TrapWrite::Msi(MsiRegister::MaskBits(value)),
+            CapRegister::MsixControl => TrapWrite::MsixControl(value as u16),
+            CapRegister::MsixEntry { index, offset } => {
+                let field = MsixField::from_offset(offset).ok_or(no_register)?;
+                if index >= self.msix_entries(vm, device_id) {
+                    return Err(no_register);
+                }
+                if !self.msix_is_trapped(vm)? {
+                    // The table is mapped into the guest: the write reaches the device.
+                    let (m, _) = self.storage.device(rid).msix_entry(index);
+                    match field {
+                        MsixField::AddressLo => self.storage.write_msix_message(
+                            rid,
+                            index,
+                            MsiMessage::new(value, m.address_hi, m.data),
+                        ),
+                        MsixField::AddressHi => self.storage.write_msix_message(
+                            rid,
+                            index,
+                            MsiMessage::new(m.address_lo, value, m.data),
+                        ),
+                        MsixField::Data => self.storage.write_msix_message(
+                            rid,
+                            index,
+                            MsiMessage::new(m.address_lo, m.address_hi, value),
+                        ),
+                        MsixField::VectorControl => {
+                            self.storage.set_msix_masked(rid, index, value & 1 == 1)
+                        }
+                    }
+                    return Ok(());
+                }
+                TrapWrite::MsixEntry {
+                    index,
+                    field,
+                    value,
+                }
+            }
+        };
+        let id = self.vm_id(vm);
+        let Self {
+            host, mem, storage, ..
+        } = self;
+        let mem = match vm {
+            VmRef::Primary => &mem[0],
+            VmRef::Secondary => &mem[1],
+        };
+        host.trap_write(id, device_id, write, mem, storage)
+            .map(|_| ())
+            .map_err(|e| Self::map_trap_error(vm, device_id, register, e))
+    }
+
+    fn config_read(
+        &mut self,
+        vm: VmRef,
+        device_id: u32,
+        register: CapRegister,
+    ) -> Result<u32, HarnessError> {
+        let rid = self.requester_id(vm, device_id)?;
+        let no_register = HarnessError::NoRegister {
+            vm,
+            device_id,
+            register,
+        };
+        let read = match register {
+            CapRegister::MsiControl => TrapRead::MsiControl,
+            CapRegister::MsiAddressLo => TrapRead::MsiAddressLo,
+            CapRegister::MsiAddressHi => TrapRead::MsiAddressHi,
+            CapRegister::MsiData => TrapRead::MsiData,
+            CapRegister::MsiMaskBits => TrapRead::MsiMaskBits,
+            CapRegister::MsixControl => TrapRead::MsixControl,
+            CapRegister::MsixEntry { index, offset } => {
+                let field = MsixField::from_offset(offset).ok_or(no_register)?;
+                if index >= self.msix_entries(vm, device_id) {
+                    return Err(no_register);
+                }
+                if !self.msix_is_trapped(vm)? {
+                    let (m, masked) = self.storage.device(rid).msix_entry(index);
+                    return Ok(match field {
+                        MsixField::AddressLo => m.address_lo,
+                        MsixField::AddressHi => m.address_hi,
+                        MsixField::Data => m.data,
+                        MsixField::VectorControl => u32::from(masked),
+                    });
+                }
+                TrapRead::MsixEntry { index, field }
+            }
+        };
         let id = self.vm_id(vm);
         self.host
-            .vm(id)
-            .map(|v| v.msix_trapped())
-            .ok_or(HarnessError::UnknownVm(vm))
+            .trap_read(id, device_id, read)
+            .map_err(|e| Self::map_trap_error(vm, device_id, register, e))
+    }
+
+    fn device_interrupts(
+        &mut self,
+        vm: VmRef,
+        device_id: u32,
+    ) -> Result<DeviceInterrupts, HarnessError> {
+        let d = self.storage.device(self.requester_id(vm, device_id)?);
+        Ok(DeviceInterrupts {
+            msi_enabled: d.msi_enabled,
+            msi_mme: d.msi_mme,
+            msi_address: d.msi_message.address(),
+            msi_data: d.msi_message.data,
+            msix_enabled: d.msix_enabled,
+            msix_function_mask: d.msix_function_mask,
+        })
     }
 }
 

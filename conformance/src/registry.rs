@@ -116,28 +116,12 @@ pub const UNCHECKED: &[(&str, &str)] = &[
         "needs a virtual IOMMU with DMA mappings that differ from guest-physical addresses",
     ),
     (
-        "VIR-RST-H-006",
-        "needs the emulated MSI/MSI-X capability and table (no config-space hook)",
-    ),
-    (
         "VIR-VMS-H-003",
         "needs save/restore or migration of a negotiated VM to another host",
     ),
     (
         "VIR-FMT-H-008",
         "interrupt-entry-cache invalidation is internal to the IOMMU (needs hardware or a cache model)",
-    ),
-    (
-        "VIR-LEG-H-003",
-        "needs the emulated MSI capability (no config-space hook)",
-    ),
-    (
-        "VIR-LEG-H-004",
-        "needs the emulated MSI capability (no config-space hook)",
-    ),
-    (
-        "VIR-LEG-H-005",
-        "needs the emulated MSI-X capability and a device model (no config-space hook)",
     ),
     (
         "VIR-LEG-H-006",

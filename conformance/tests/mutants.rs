@@ -102,3 +102,12 @@ fn each_breakage_fails_only_where_expected() {
         assert!(!r.failed(), "{b:?}\n{}", report::text(&r));
     }
 }
+
+#[test]
+fn msi_enabled_with_any_message_fails_leg_h_003() {
+    // VIR-LEG-H-003
+    assert_caught(
+        Breakage::AcceptAnyMsiEnable,
+        "leg_msi_enable_needs_issued_message",
+    );
+}

@@ -11,7 +11,10 @@ use super::discover;
 use crate::ctx::{
     Ctx, VECTOR, activate_request, allocate_request, ensure, expect, expect_eq, negotiate_request,
 };
-use crate::hut::{Fault, Scope, VmRef};
+use crate::hut::{
+    CapRegister, DeviceFixture, DeviceInterrupts, Fault, MSI_ENABLE, MSIX_ENABLE,
+    MSIX_FUNCTION_MASK, Scope, VmRef,
+};
 use crate::outcome::{CheckResult, Stop, harness};
 use crate::registry::{Check, check};
 
@@ -126,6 +129,12 @@ pub const CHECKS: &[Check] = &[
         platform_reset
     ),
     check!(
+        ["VIR-RST-H-006"],
+        "rst_interrupts_presented_disabled",
+        "after RESET the guest reads MSI and MSI-X disabled and every emulated MSI-X entry at its reset value",
+        reset_presents_disabled
+    ),
+    check!(
         ["VIR-VMS-H-001"],
         "vms_created_legacy_shared_state",
         "a VM starts in LEGACY; its state is shared by all vCPUs and independent of other VMs",
@@ -148,6 +157,24 @@ pub const CHECKS: &[Check] = &[
         "leg_untrapped_after_commit",
         "MSI-X tables of every vIR device are untrapped once NEGOTIATE commits",
         untrapped_after_commit
+    ),
+    check!(
+        ["VIR-LEG-H-003"],
+        "leg_msi_enable_needs_issued_message",
+        "in NEGOTIATED the device's MSI is enabled only with the message issued for its live MSI allocation",
+        msi_enable_needs_issued
+    ),
+    check!(
+        ["VIR-LEG-H-004"],
+        "leg_msi_mme_and_changes_refused",
+        "an MSI enable with MME above the allocation, and changes of address, data or MME while enabled, are refused",
+        msi_mme_and_changes
+    ),
+    check!(
+        ["VIR-LEG-H-005"],
+        "leg_msix_control_forwarded",
+        "in NEGOTIATED the guest's MSI-X Enable and Function Mask writes reach the device",
+        msix_control_forwarded
     ),
 ];
 
@@ -1027,6 +1054,263 @@ fn untrapped_after_commit(ctx: &mut Ctx<'_>) -> CheckResult {
             "trapped",
             false,
             t,
+        )?;
+    }
+    Ok(())
+}
+
+fn cw(ctx: &mut Ctx<'_>, dev: u32, reg: CapRegister, value: u32) -> CheckResult {
+    ctx.host()
+        .config_write(P, dev, reg, value)
+        .map_err(|e| harness(&format!("guest write of {value:#x} to {reg:?}"), e))
+}
+
+fn cr(ctx: &mut Ctx<'_>, dev: u32, reg: CapRegister) -> Result<u32, Stop> {
+    ctx.host()
+        .config_read(P, dev, reg)
+        .map_err(|e| harness(&format!("guest read of {reg:?}"), e))
+}
+
+fn device_state(ctx: &mut Ctx<'_>, dev: u32) -> Result<DeviceInterrupts, Stop> {
+    ctx.host()
+        .device_interrupts(P, dev)
+        .map_err(|e| harness("device interrupt state", e))
+}
+
+fn write_msi_message(ctx: &mut Ctx<'_>, dev: u32, lo: u32, hi: u32, data: u32) -> CheckResult {
+    cw(ctx, dev, CapRegister::MsiAddressLo, lo)?;
+    cw(ctx, dev, CapRegister::MsiAddressHi, hi)?;
+    cw(ctx, dev, CapRegister::MsiData, data)
+}
+
+fn msi_device(ctx: &mut Ctx<'_>, vectors: u8) -> Result<DeviceFixture, Stop> {
+    ctx.require_offered(P, Features::MSI)?;
+    ctx.vm(P)?
+        .devices
+        .iter()
+        .find(|d| d.msi_vectors >= vectors)
+        .copied()
+        .ok_or_else(|| Stop::NotTestable(format!("no fixture device has {vectors} MSI vectors")))
+}
+
+fn expect_msi_enabled(ctx: &mut Ctx<'_>, dev: u32, step: &str, enabled: bool) -> CheckResult {
+    let d = device_state(ctx, dev)?;
+    expect_eq(step, "the device's MSI Enable", enabled, d.msi_enabled)?;
+    let c = cr(ctx, dev, CapRegister::MsiControl)?;
+    expect_eq(
+        step,
+        "MSI Enable read by the guest",
+        enabled,
+        c & MSI_ENABLE != 0,
+    )
+}
+
+fn msi_enable_needs_issued(ctx: &mut Ctx<'_>) -> CheckResult {
+    let d = msi_device(ctx, 2)?;
+    ctx.negotiate_all(P)?;
+    let dev = d.device_id;
+    write_msi_message(ctx, dev, 0xfee0_0018, 0, 0)?;
+    cw(ctx, dev, CapRegister::MsiControl, MSI_ENABLE)?;
+    expect_msi_enabled(ctx, dev, "MSI enable with no MSI allocation", false)?;
+    let a = ctx.allocate_msi(P, dev, 1)?;
+    cw(ctx, dev, CapRegister::MsiControl, MSI_ENABLE)?;
+    expect_msi_enabled(
+        ctx,
+        dev,
+        "MSI enable with an allocation whose message was never issued",
+        false,
+    )?;
+    let apic = ctx.apic(P, 0)?;
+    let m = ctx.activate(P, a.handle, 0, apic, VECTOR)?;
+    let (lo, hi, data) = (m.address_lo.get(), m.address_hi.get(), m.data.get());
+    for (step, l, dt) in [
+        (
+            "MSI enable with another remapping handle in the address",
+            lo ^ (1 << 5),
+            data,
+        ),
+        ("MSI enable with other data", lo, data ^ 1),
+        (
+            "MSI enable with a compatibility-format address",
+            0xfee0_1000,
+            data,
+        ),
+    ] {
+        write_msi_message(ctx, dev, l, hi, dt)?;
+        cw(ctx, dev, CapRegister::MsiControl, MSI_ENABLE)?;
+        expect_msi_enabled(ctx, dev, step, false)?;
+    }
+    write_msi_message(ctx, dev, lo, hi, data)?;
+    cw(ctx, dev, CapRegister::MsiControl, MSI_ENABLE)?;
+    let step = "MSI enable with the issued message";
+    expect_msi_enabled(ctx, dev, step, true)?;
+    let s = device_state(ctx, dev)?;
+    expect_eq(
+        step,
+        "the device's MSI address",
+        u64::from(lo) | u64::from(hi) << 32,
+        s.msi_address,
+    )?;
+    expect_eq(step, "the device's MSI data", data, s.msi_data)
+}
+
+fn msi_mme_and_changes(ctx: &mut Ctx<'_>) -> CheckResult {
+    let d = msi_device(ctx, 4)?;
+    ctx.negotiate_all(P)?;
+    let dev = d.device_id;
+    let a = ctx.allocate_msi(P, dev, 1)?;
+    let apic = ctx.apic(P, 0)?;
+    let m = ctx.activate(P, a.handle, 0, apic, VECTOR)?;
+    let (lo, hi, data) = (m.address_lo.get(), m.address_hi.get(), m.data.get());
+    write_msi_message(ctx, dev, lo, hi, data)?;
+    cw(ctx, dev, CapRegister::MsiControl, MSI_ENABLE | 2 << 4)?;
+    expect_msi_enabled(
+        ctx,
+        dev,
+        "MSI enable with Multiple Message Enable 2 for a 2-vector allocation",
+        false,
+    )?;
+    cw(ctx, dev, CapRegister::MsiControl, MSI_ENABLE | 1 << 4)?;
+    expect_msi_enabled(ctx, dev, "MSI enable with Multiple Message Enable 1", true)?;
+    let before = device_state(ctx, dev)?;
+    expect_eq(
+        "MSI enable with Multiple Message Enable 1",
+        "the device's MME",
+        1,
+        before.msi_mme,
+    )?;
+    for (step, reg, value) in [
+        (
+            "a data change while MSI is enabled",
+            CapRegister::MsiData,
+            data ^ 5,
+        ),
+        (
+            "an address change while MSI is enabled",
+            CapRegister::MsiAddressLo,
+            lo ^ (1 << 5),
+        ),
+        (
+            "an upper address change while MSI is enabled",
+            CapRegister::MsiAddressHi,
+            1,
+        ),
+        (
+            "a Multiple Message Enable change while MSI is enabled",
+            CapRegister::MsiControl,
+            MSI_ENABLE,
+        ),
+    ] {
+        cw(ctx, dev, reg, value)?;
+        expect_eq(
+            step,
+            "the device's MSI state",
+            before,
+            device_state(ctx, dev)?,
+        )?;
+    }
+    cw(ctx, dev, CapRegister::MsiControl, 0)?;
+    expect_msi_enabled(ctx, dev, "MSI disable", false)
+}
+
+fn msix_control_forwarded(ctx: &mut Ctx<'_>) -> CheckResult {
+    let d = ctx
+        .vm(P)?
+        .msix_device()
+        .copied()
+        .ok_or_else(|| Stop::NotTestable("no fixture device has MSI-X".into()))?;
+    let dev = d.device_id;
+    ctx.negotiate_all(P)?;
+    for (step, value, enabled, masked) in [
+        ("MSI-X Enable", MSIX_ENABLE, true, false),
+        (
+            "MSI-X Enable with Function Mask",
+            MSIX_ENABLE | MSIX_FUNCTION_MASK,
+            true,
+            true,
+        ),
+        ("Function Mask alone", MSIX_FUNCTION_MASK, false, true),
+        ("MSI-X disable", 0, false, false),
+    ] {
+        cw(ctx, dev, CapRegister::MsixControl, value)?;
+        let s = device_state(ctx, dev)?;
+        let step = format!("a guest write of {step} in NEGOTIATED");
+        expect_eq(&step, "the device's MSI-X Enable", enabled, s.msix_enabled)?;
+        expect_eq(
+            &step,
+            "the device's Function Mask",
+            masked,
+            s.msix_function_mask,
+        )?;
+    }
+    Ok(())
+}
+
+fn reset_presents_disabled(ctx: &mut Ctx<'_>) -> CheckResult {
+    let f = ctx.offered(P)?;
+    let d = ctx
+        .vm(P)?
+        .devices
+        .iter()
+        .find(|d| d.msix_entries > 1 && (d.msi_vectors > 0 || !f.contains(Features::MSI)))
+        .copied()
+        .ok_or_else(|| Stop::NotTestable("no fixture device has MSI-X".into()))?;
+    let dev = d.device_id;
+    let last = d.msix_entries - 1;
+    // LEGACY: the guest programs emulated MSI-X entries (MSI-X stays disabled).
+    for index in [0, last] {
+        let entry = |offset| CapRegister::MsixEntry { index, offset };
+        cw(ctx, dev, entry(0), 0xfee0_1000)?;
+        cw(ctx, dev, entry(8), 0x41)?;
+        cw(ctx, dev, entry(12), 0)?;
+        expect_eq(
+            "an emulated MSI-X entry in LEGACY",
+            "data read back",
+            0x41,
+            cr(ctx, dev, entry(8))?,
+        )?;
+    }
+    ctx.negotiate_all(P)?;
+    let apic = ctx.apic(P, 0)?;
+    if f.contains(Features::MSI) && d.msi_vectors > 0 {
+        let a = ctx.allocate_msi(P, dev, 0)?;
+        let m = ctx.activate(P, a.handle, 0, apic, VECTOR)?;
+        write_msi_message(
+            ctx,
+            dev,
+            m.address_lo.get(),
+            m.address_hi.get(),
+            m.data.get(),
+        )?;
+        cw(ctx, dev, CapRegister::MsiControl, MSI_ENABLE)?;
+        expect_msi_enabled(ctx, dev, "MSI enable with the issued message", true)?;
+    }
+    cw(ctx, dev, CapRegister::MsixControl, MSIX_ENABLE)?;
+    expect("RESET", Status::SUCCESS, ctx.reset(P)?)?;
+    let step = "after RESET";
+    let c = cr(ctx, dev, CapRegister::MsiControl);
+    if d.msi_vectors > 0 {
+        expect_eq(step, "MSI Enable read by the guest", 0, c? & MSI_ENABLE)?;
+    }
+    expect_eq(
+        step,
+        "MSI-X Enable read by the guest",
+        0,
+        cr(ctx, dev, CapRegister::MsixControl)? & MSIX_ENABLE,
+    )?;
+    for index in [0, 1, last] {
+        let entry = |offset| CapRegister::MsixEntry { index, offset };
+        let read = (
+            cr(ctx, dev, entry(0))?,
+            cr(ctx, dev, entry(4))?,
+            cr(ctx, dev, entry(8))?,
+            cr(ctx, dev, entry(12))? & 1,
+        );
+        expect_eq(
+            step,
+            &format!("MSI-X entry {index} (address, upper address, data, mask)"),
+            (0, 0, 0, 1),
+            read,
         )?;
     }
     Ok(())
