@@ -727,7 +727,7 @@ impl HostUnderTest for ReferenceHost {
         &mut self,
         vm: VmRef,
         vcpu: u32,
-        port: u16,
+        _port: u16,
         width: IoWidth,
     ) -> Result<u32, HarnessError> {
         let n = self.fixture.vm(vm).map_or(0, |v| v.vcpus.len());
@@ -736,7 +736,6 @@ impl HostUnderTest for ReferenceHost {
         }
         // VIR-DB-H-008 (reads of the claimed ports), in the VMM glue: vir-host has no read entry
         // point. Nothing else of this model decodes ports, so every read floats high.
-        let _ = port;
         Ok(width.all_ones())
     }
 
@@ -745,9 +744,8 @@ impl HostUnderTest for ReferenceHost {
         vm: VmRef,
         vcpu: u32,
         leaf: u32,
-        subleaf: u32,
+        _subleaf: u32,
     ) -> Result<[u32; 4], HarnessError> {
-        let _ = subleaf;
         let n = self.fixture.vm(vm).map_or(0, |v| v.vcpus.len());
         if vcpu as usize >= n {
             return Err(HarnessError::UnknownVcpu { vm, vcpu });

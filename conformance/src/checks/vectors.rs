@@ -724,14 +724,14 @@ fn fre_releases(ctx: &mut Ctx<'_>) -> CheckResult {
         expect_eq(
             "QUERY_QUOTA after FREE",
             "vectors_free",
-            vq - active_now,
-            q.vectors_free.get(),
+            i64::from(vq) - i64::from(active_now),
+            i64::from(q.vectors_free.get()),
         )?;
         expect_eq(
             "QUERY_QUOTA after FREE",
             "irtes_free",
-            iq - singles.len() as u32,
-            q.irtes_free.get(),
+            i64::from(iq) - singles.len() as i64,
+            i64::from(q.irtes_free.get()),
         )?;
     }
     // The slot is free again.
@@ -848,8 +848,14 @@ fn quo_counts(ctx: &mut Ctx<'_>) -> CheckResult {
         expect_eq(
             format!("QUERY_QUOTA {when}"),
             "(irtes_free, vectors_free)",
-            (it - irtes, vt - vectors),
-            (q.irtes_free.get(), q.vectors_free.get()),
+            (
+                i64::from(it) - i64::from(irtes),
+                i64::from(vt) - i64::from(vectors),
+            ),
+            (
+                i64::from(q.irtes_free.get()),
+                i64::from(q.vectors_free.get()),
+            ),
         )
     };
     expect_q(ctx, "at the start of the session", 0, 0)?;
