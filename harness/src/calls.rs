@@ -738,6 +738,9 @@ fn offset_to_gpa(offset: usize) -> u64 {
 
 /// The first GPA where `a` and `b` differ outside the `allowed` ranges.
 pub fn first_difference(a: &[u8], b: &[u8], allowed: &[Buf]) -> Option<u64> {
+    if a == b {
+        return None;
+    }
     a.iter()
         .zip(b)
         .enumerate()
