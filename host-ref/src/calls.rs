@@ -162,6 +162,8 @@ pub(crate) fn reset<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     // VIR-RST-H-006: MSI and MSI-X presented disabled, MSI-X entries at their reset values,
     // and trapped again (VIR-RST-H-002).
     crate::legacy::reset_emulation(phys, vm);
+    // VIR-DB-H-009: every reset clears the doorbell latches of all vCPUs.
+    vm.doorbell_latch.iter_mut().for_each(|l| *l = 0);
     vm.state = VmState::Legacy;
 }
 
