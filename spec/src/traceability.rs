@@ -10,6 +10,9 @@
 //!
 //! * a file with a path component named `tests` (integration tests, a `tests/` module
 //!   directory) is test code throughout;
+//! * so is a file under one of [`TEST_CODE_DIRS`]: the conformance suite's checks, which are
+//!   code only tests run (`conformance/tests/reference.rs` runs every check against the
+//!   reference host and requires it to pass);
 //! * otherwise the first `#[cfg(test)]` (or `#[cfg(all(test, …))]`) attribute that is directly
 //!   followed — blank lines, comments and further attributes aside — by a `mod` item starts the
 //!   test region, which runs to the end of the file. This follows the convention that the unit
@@ -144,11 +147,16 @@ fn is_mod_item(line: &str) -> bool {
     t.starts_with("mod ")
 }
 
+/// Directories (relative to the workspace root) whose files are test code throughout although
+/// they are not under a `tests` directory.
+pub const TEST_CODE_DIRS: &[&str] = &["conformance/src/checks"];
+
 /// The test region of a file with path `rel` and contents `text`.
 pub fn test_region(rel: &Path, text: &str) -> TestRegion {
     if rel
         .components()
         .any(|c| matches!(c, Component::Normal(n) if n == "tests"))
+        || TEST_CODE_DIRS.iter().any(|d| rel.starts_with(d))
     {
         return TestRegion::WholeFile;
     }
@@ -381,6 +389,18 @@ mod tests {
         );
         assert_eq!(
             test_region(Path::new("host-ref/src/testsuite.rs"), ""),
+            TestRegion::None
+        );
+    }
+
+    #[test]
+    fn conformance_checks_are_test_code() {
+        assert_eq!(
+            test_region(Path::new("conformance/src/checks/activate.rs"), "fn a() {}"),
+            TestRegion::WholeFile
+        );
+        assert_eq!(
+            test_region(Path::new("conformance/src/runner.rs"), "fn a() {}"),
             TestRegion::None
         );
     }
