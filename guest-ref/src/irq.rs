@@ -581,6 +581,13 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
         &self.storage
     }
 
+    /// The storage, mutably: for device control the subsystem does not do itself (a driver
+    /// disabling MSI-X at `pci_free_irq_vectors`, a VMM-specific accessor). Writing messages
+    /// behind the subsystem's back would break `VIR-ACT-G-001`.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     /// The vector allocator.
     pub fn matrix(&self) -> &VectorMatrix {
         &self.matrix
