@@ -36,9 +36,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod compare;
 pub mod guest_env;
 pub mod host_backends;
+pub mod legacy;
 pub mod scenario;
+pub mod situations;
 pub mod vm;
 
 pub use guest_env::{CallBinding, SharedHost, SimHost, SimStorage, SimTransport};
