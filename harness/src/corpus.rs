@@ -283,10 +283,20 @@ fn host_calls_seeds() -> Vec<Seed> {
             build(d, |e| {
                 cs::negotiate(e, 0, Via::Memory);
                 cs::negotiate(e, 1, Via::Memory);
-                for i in 0..12 {
-                    cs::allocate(e, 0, 2 + (i % 3), i, Via::Memory);
-                    cs::allocate(e, 1, 2 + (i % 3), i, Via::Memory);
+                // VM 0: an MSI block of 8 and MSI-X 0..16 reach its quota of 24; one more is
+                // QUOTA_EXCEEDED (VIR-ALC-H-008).
+                cs::allocate(e, 0, 1, 3, Via::Memory);
+                for i in 0..16 {
+                    cs::allocate(e, 0, 2, i, Via::Memory);
                 }
+                cs::allocate(e, 0, 3, 0, Via::Memory);
+                // VM 1: a block of 8 and MSI-X 0..8 fill the 40 entries; then TABLE_FULL
+                // (VIR-ALC-H-009) while VM 1 is far below its quota.
+                cs::allocate(e, 1, 1, 3, Via::Memory);
+                for i in 0..8 {
+                    cs::allocate(e, 1, 2, i, Via::Memory);
+                }
+                cs::allocate(e, 1, 3, 0, Via::Memory);
                 for i in 0..10 {
                     cs::activate(e, 0, i, 0, false, i & 1, 0x20 + i, Via::Memory);
                 }

@@ -27,14 +27,15 @@ pub const RAM_HIGH_START: u64 = 0x6000;
 /// End of the second RAM range.
 pub const RAM_HIGH_END: u64 = 0x7000;
 /// Entries of the shared physical remapping table.
-pub const TABLE_SIZE: u32 = 96;
+pub const TABLE_SIZE: u32 = 40;
 /// Physical CPUs of the host.
 pub const PCPUS: u32 = 4;
 /// Device vectors per physical CPU (small, so that moves can run out).
 pub const VECTORS_PER_PCPU: u32 = 6;
-/// Per-VM quotas: 40 IRTEs, 8 host vectors.
+/// Per-VM quotas: 24 IRTEs (the two VMs together can want more than the table holds), 8 host
+/// vectors.
 pub const QUOTAS: Quotas = Quotas {
-    irtes: 40,
+    irtes: 24,
     vectors: 8,
 };
 

@@ -81,6 +81,17 @@ fn seeds_reach_what_they_are_named_for() {
         panic!("host_calls outcome")
     };
     assert_eq!(r.statuses.get(&vir_abi::status::Status::SUCCESS), Some(&8));
+    let Outcome::Calls(r) = run(Target::HostCalls, "quota-and-table-pressure") else {
+        panic!("host_calls outcome")
+    };
+    assert_eq!(
+        r.statuses.get(&vir_abi::status::Status::QUOTA_EXCEEDED),
+        Some(&1)
+    );
+    assert_eq!(
+        r.statuses.get(&vir_abi::status::Status::TABLE_FULL),
+        Some(&1)
+    );
     let Outcome::Storage(r) = run(Target::HostileStorage, "every-kind-posted") else {
         panic!("hostile_storage outcome")
     };
