@@ -83,6 +83,7 @@ pub const MACHINE_IRT_SIZE_S: u8 = 12;
 
 /// Which of the three situations a guest ended up in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SituationKind {
     /// Situation 1: bare metal with a remapping unit.
     BareMetal,
