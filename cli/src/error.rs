@@ -49,6 +49,13 @@ pub enum UsageError {
         /// What it accepts.
         expected: &'static str,
     },
+    /// Two options that do not go together.
+    ConflictingOptions {
+        /// The option given.
+        option: &'static str,
+        /// The option it conflicts with.
+        with: &'static str,
+    },
 }
 
 impl fmt::Display for UsageError {
@@ -76,6 +83,9 @@ impl fmt::Display for UsageError {
                 f,
                 "invalid value '{value}' for {option} (expected {expected})"
             ),
+            Self::ConflictingOptions { option, with } => {
+                write!(f, "option {option} cannot be combined with {with}")
+            }
         }
     }
 }
@@ -114,6 +124,13 @@ pub enum CliError {
         /// Deliveries wrong or missing.
         failed_deliveries: u64,
     },
+    /// `simulate --compare` could not build a situation.
+    Compare(vir_simvm::compare::CompareError),
+    /// `simulate --compare` ran, and these situations failed (see the report).
+    CompareFailed {
+        /// The situations that failed.
+        situations: Vec<&'static str>,
+    },
     /// `conform` could not run the suite.
     Conformance(vir_conform::RunError),
     /// `conform` ran, and MUST requirements failed (or some expected to fail passed).
@@ -139,6 +156,8 @@ impl CliError {
             | Self::Output(_)
             | Self::Simulation(_)
             | Self::SimulationFailed { .. }
+            | Self::Compare(_)
+            | Self::CompareFailed { .. }
             | Self::ConformanceFailed { .. } => EXIT_DATA,
             Self::Conformance(e) => match e {
                 vir_conform::RunError::NothingSelected(_)
@@ -170,6 +189,12 @@ impl fmt::Display for CliError {
             Self::SimulationFailed { failed_deliveries } => write!(
                 f,
                 "simulation failed: {failed_deliveries} deliveries wrong or missing (see the report)"
+            ),
+            Self::Compare(e) => write!(f, "compare: {e}"),
+            Self::CompareFailed { situations } => write!(
+                f,
+                "compare failed in {} (see the report)",
+                situations.join(", ")
             ),
             Self::Conformance(e) => write!(f, "conformance: {e}"),
             Self::ConformanceFailed {

@@ -20,6 +20,8 @@ use vir_simvm::scenario::{self, ScenarioConfig};
 
 use crate::error::{CliError, UsageError};
 
+mod compare;
+
 /// Arguments of `simulate`.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -50,6 +52,8 @@ pub struct SimulateArgs {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    compare: compare::CompareArgs,
 }
 
 fn bad(option: &'static str, value: &str, expected: &'static str) -> CliError {
@@ -149,6 +153,9 @@ pub fn config(args: &SimulateArgs) -> Result<ScenarioConfig, CliError> {
 
 /// Runs `simulate`.
 pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if args.compare.enabled {
+        return compare::run(args, out);
+    }
     let config = config(args)?;
     let report = scenario::run(&config).map_err(CliError::Simulation)?;
     if args.json {
