@@ -285,98 +285,34 @@ pub fn run_workload(
     };
     let mut phases = Vec::new();
     let start = vm.counts();
-    let dev = vm.guest_device();
-    let n = config.vcpus;
-    let mut sources = Vec::new();
 
     // setup
     let mut p = Phase::begin(vm, "setup");
-    let indices: Vec<u32> = (0..config.vectors).collect();
-    let irqs =
-        match vm
-            .guest_mut()
-            .alloc_irq_vectors(dev, AllocRequest::MsiX { indices: &indices }, None)
-        {
-            Ok(irqs) => irqs,
-            Err(e) => {
-                p.failures
-                    .push(format!("alloc_irq_vectors: {e} (errno {})", e.errno()));
-                Vec::new()
-            }
-        };
-    sources.extend(
-        irqs.iter()
-            .filter_map(|&irq| vm.source(irq).map(|s| (irq, s))),
-    );
-    for (i, &irq) in irqs.iter().enumerate() {
-        let cpu = CpuMask::single(CpuId(i as u32 % n));
-        let r = vm
-            .guest_mut()
-            .set_affinity(irq, &cpu)
-            .and_then(|()| vm.guest_mut().request_irq(irq));
-        if let Err(e) = r {
-            p.failures.push(describe(irq, &e));
-        }
-    }
+    let (irqs, failed) = setup_step(vm, config);
+    p.failures.extend(failed);
+    let sources: Vec<(Irq, StorageSlot)> = irqs
+        .iter()
+        .filter_map(|&irq| vm.source(irq).map(|s| (irq, s)))
+        .collect();
     phases.push(p.end(vm, &sources));
 
     // retarget
     let mut p = Phase::begin(vm, "retarget");
-    for (i, &irq) in irqs.iter().enumerate() {
-        let cpu = CpuMask::single(CpuId((i as u32 + n / 2) % n));
-        match vm.guest_mut().set_affinity(irq, &cpu) {
-            Ok(()) => p.moved += 1,
-            Err(e) => p.failures.push(describe(irq, &e)),
-        }
-    }
+    let (moved, failed) = retarget_step(vm, &irqs, config);
+    p.moved = moved;
+    p.failures.extend(failed);
     phases.push(p.end(vm, &sources));
 
     // unplug
     let mut p = Phase::begin(vm, "unplug");
-    let gone = n - config.unplug..n;
-    p.carried = irqs
-        .iter()
-        .filter(|&&irq| {
-            matches!(
-                vm.guest().irq_info(irq).map(|i| i.state),
-                Some(vir_guest::IrqState::Active { cpu, .. }) if gone.contains(&cpu.0)
-            )
-        })
-        .count() as u64;
-    for c in n - config.unplug..n {
-        match vm.guest_mut().cpu_offline(CpuId(c)) {
-            Ok(report) => {
-                p.moved += report.migrated.len() as u64;
-                for (irq, e) in &report.failed {
-                    p.failures.push(describe(*irq, e));
-                }
-            }
-            Err(e) => p.failures.push(format!("cpu_offline({c}): {e}")),
-        }
-    }
+    let (carried, moved, failed) = unplug_step(vm, &irqs, config);
+    (p.carried, p.moved) = (carried, moved);
+    p.failures.extend(failed);
     phases.push(p.end(vm, &sources));
 
     // teardown
     let mut p = Phase::begin(vm, "teardown");
-    for &irq in &irqs {
-        match vm.guest_mut().free_irq(irq) {
-            Ok(report) if report.is_clean() => {}
-            Ok(report) => p.failures.push(format!("{irq}: {:?}", report.errors)),
-            Err(e) => p.failures.push(describe(irq, &e)),
-        }
-    }
-    if !irqs.is_empty() {
-        match vm.guest_mut().free_irq_vectors(dev, StorageType::MsiX) {
-            Ok(report) if report.is_clean() => {}
-            Ok(report) => p
-                .failures
-                .push(format!("free_irq_vectors: {:?}", report.errors)),
-            Err(e) => p.failures.push(format!("free_irq_vectors: {e}")),
-        }
-    }
-    if let Err(e) = vm.msix_disable() {
-        p.failures.push(format!("MSI-X disable: {e}"));
-    }
+    p.failures.extend(teardown_step(vm, &irqs));
     phases.push(p.end(vm, &sources));
 
     let workload = vm.counts().since(&start);
@@ -401,6 +337,115 @@ pub fn run_workload(
         workload,
         failures,
     })
+}
+
+/// The setup step: `vectors` MSI-X entries allocated and requested, vector `i` on CPU
+/// `i mod vcpus`. Returns the irqs and the failures.
+pub fn setup_step(vm: &mut SituationVm, config: &CompareConfig) -> (Vec<Irq>, Vec<String>) {
+    let dev = vm.guest_device();
+    let mut failures = Vec::new();
+    let indices: Vec<u32> = (0..config.vectors).collect();
+    let irqs =
+        match vm
+            .guest_mut()
+            .alloc_irq_vectors(dev, AllocRequest::MsiX { indices: &indices }, None)
+        {
+            Ok(irqs) => irqs,
+            Err(e) => {
+                failures.push(format!("alloc_irq_vectors: {e} (errno {})", e.errno()));
+                Vec::new()
+            }
+        };
+    let n = config.vcpus.max(1);
+    for (i, &irq) in irqs.iter().enumerate() {
+        let cpu = CpuMask::single(CpuId(i as u32 % n));
+        let r = vm
+            .guest_mut()
+            .set_affinity(irq, &cpu)
+            .and_then(|()| vm.guest_mut().request_irq(irq));
+        if let Err(e) = r {
+            failures.push(describe(irq, &e));
+        }
+    }
+    (irqs, failures)
+}
+
+/// The retarget step: vector `i` moved to CPU `(i + vcpus/2) mod vcpus`. Returns the vectors
+/// moved and the failures.
+pub fn retarget_step(
+    vm: &mut SituationVm,
+    irqs: &[Irq],
+    config: &CompareConfig,
+) -> (u64, Vec<String>) {
+    let n = config.vcpus.max(1);
+    let mut moved = 0;
+    let mut failures = Vec::new();
+    for (i, &irq) in irqs.iter().enumerate() {
+        let cpu = CpuMask::single(CpuId((i as u32 + n / 2) % n));
+        match vm.guest_mut().set_affinity(irq, &cpu) {
+            Ok(()) => moved += 1,
+            Err(e) => failures.push(describe(irq, &e)),
+        }
+    }
+    (moved, failures)
+}
+
+/// The unplug step: the last `unplug` vCPUs taken offline, one after the other. Returns the
+/// vectors they carried before, the migrations and the failures.
+pub fn unplug_step(
+    vm: &mut SituationVm,
+    irqs: &[Irq],
+    config: &CompareConfig,
+) -> (u64, u64, Vec<String>) {
+    let n = config.vcpus;
+    let gone = n.saturating_sub(config.unplug)..n;
+    let carried = irqs
+        .iter()
+        .filter(|&&irq| {
+            matches!(
+                vm.guest().irq_info(irq).map(|i| i.state),
+                Some(vir_guest::IrqState::Active { cpu, .. }) if gone.contains(&cpu.0)
+            )
+        })
+        .count() as u64;
+    let mut moved = 0;
+    let mut failures = Vec::new();
+    for c in gone {
+        match vm.guest_mut().cpu_offline(CpuId(c)) {
+            Ok(report) => {
+                moved += report.migrated.len() as u64;
+                for (irq, e) in &report.failed {
+                    failures.push(describe(*irq, e));
+                }
+            }
+            Err(e) => failures.push(format!("cpu_offline({c}): {e}")),
+        }
+    }
+    (carried, moved, failures)
+}
+
+/// The teardown step: every vector freed, the MSI-X function disabled. Returns the failures.
+pub fn teardown_step(vm: &mut SituationVm, irqs: &[Irq]) -> Vec<String> {
+    let dev = vm.guest_device();
+    let mut failures = Vec::new();
+    for &irq in irqs {
+        match vm.guest_mut().free_irq(irq) {
+            Ok(report) if report.is_clean() => {}
+            Ok(report) => failures.push(format!("{irq}: {:?}", report.errors)),
+            Err(e) => failures.push(describe(irq, &e)),
+        }
+    }
+    if !irqs.is_empty() {
+        match vm.guest_mut().free_irq_vectors(dev, StorageType::MsiX) {
+            Ok(report) if report.is_clean() => {}
+            Ok(report) => failures.push(format!("free_irq_vectors: {:?}", report.errors)),
+            Err(e) => failures.push(format!("free_irq_vectors: {e}")),
+        }
+    }
+    if let Err(e) = vm.msix_disable() {
+        failures.push(format!("MSI-X disable: {e}"));
+    }
+    failures
 }
 
 /// One IMS entry: allowed (and delivered) on bare metal and with vIR, refused with only an
