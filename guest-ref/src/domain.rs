@@ -205,6 +205,9 @@ pub enum DomainError {
         /// The APIC id.
         apic_id: u32,
     },
+    /// IMS for a device the host answered `NOT_YOUR_DEVICE` for: it is not a vIR device, and
+    /// IMS is not offered for it (`VIR-LEG-G-003`).
+    ImsNotOffered(DeviceId),
 }
 
 impl DomainError {
@@ -223,6 +226,7 @@ impl DomainError {
             Self::TableFull { .. } => errno::ENOSPC,
             Self::Hardware(e) => e.errno(),
             Self::UnreachableDestination { .. } => errno::EINVAL,
+            Self::ImsNotOffered(_) => errno::EOPNOTSUPP,
         }
     }
 }
@@ -252,6 +256,7 @@ impl fmt::Display for DomainError {
             Self::UnreachableDestination { apic_id } => {
                 write!(f, "APIC id {apic_id:#x} does not fit the table's format")
             }
+            Self::ImsNotOffered(d) => write!(f, "{d} is not a vIR device: no IMS"),
         }
     }
 }

@@ -61,6 +61,26 @@ impl fmt::Display for CallError {
     }
 }
 
+/// The status a guest records for a register-binding call whose returned `RAX` is not a status:
+/// `0xFFFF_FFFF`, a value version 1 names no status with (the specification uses it as the
+/// doorbell's "not written" preset for the same reason). Like every unknown status it is a
+/// failure reported as `EIO` (`VIR-STA-G-002`).
+pub const NO_STATUS: Status = Status(u32::MAX);
+
+/// The status of a register-binding call (`VMCALL` / `VMMCALL`) from the `RAX` the instruction
+/// returned: a host places the status zero-extended, so a value with any of bits 63:32 set is a
+/// failed call with an unknown status, [`NO_STATUS`] (`VIR-REG-G-003`) — never its low half,
+/// which could read as `SUCCESS`. KVM's `-KVM_ENOSYS` for a hypercall it does not forward is
+/// such a value.
+pub const fn status_from_rax(rax: u64) -> Status {
+    if rax >> 32 == 0 {
+        // Bits 63:32 are clear: the value is the status.
+        Status(rax as u32)
+    } else {
+        NO_STATUS
+    }
+}
+
 fn exchange<H, Req, Resp>(hv: &mut H, code: CallCode, request: &Req) -> Result<Resp, CallError>
 where
     H: Hypervisor + ?Sized,

@@ -11,21 +11,28 @@
 //! session's format. A violation is a [`ProtocolError`]; the domain undoes what the call did
 //! (FREE of an allocation it will not use, DEACTIVATE — and re-RESERVE — of a vector whose
 //! message it rejects) so that host and guest state stay equal.
+//!
+//! A device for which ALLOCATE returned `NOT_YOUR_DEVICE` is not a vIR device (an emulated one,
+//! or one not assigned to this VM). The domain remembers it and offers no IMS for it from then
+//! on ([`VirDomain::ims_offered_for`]; IMS allocations are refused without a call,
+//! `VIR-LEG-G-003`). Device assignment does not change with the session, so a RESET keeps this
+//! knowledge.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec;
 use alloc::vec::Vec;
 use vir_abi::feature::Features;
 use vir_abi::hw::amd::AmdMsi;
 use vir_abi::hw::msi::MsiMessage;
 use vir_abi::hw::vtd::RemappableMsi;
+use vir_abi::status::Status;
 use vir_abi::wire::{
     ActivateRequest, ActivateResponse, AllocateRequest, DeactivateRequest, FreeRequest,
     MessageFormat, SetAffinityRequest, Target, activate_flags,
 };
 use zerocopy::little_endian::{U16, U32};
 
-use crate::device::StorageType;
+use crate::device::{DeviceId, StorageType};
 use crate::domain::{
     Activation, AllocationId, DomainError, IrSlot, IrqTarget, ProtocolError, RemapDomain,
     VectorState,
@@ -59,6 +66,8 @@ pub struct VirDomain<H> {
     hv: H,
     session: Option<Session>,
     allocs: BTreeMap<u32, VirAllocation>,
+    /// Devices the host answered `NOT_YOUR_DEVICE` for (`VIR-LEG-G-003`).
+    not_vir: BTreeSet<DeviceId>,
 }
 
 impl<H: Hypervisor> VirDomain<H> {
@@ -68,6 +77,7 @@ impl<H: Hypervisor> VirDomain<H> {
             hv,
             session: None,
             allocs: BTreeMap::new(),
+            not_vir: BTreeSet::new(),
         }
     }
 
@@ -117,6 +127,13 @@ impl<H: Hypervisor> VirDomain<H> {
             .get(&id.0)
             .and_then(|a| a.subs.get(usize::from(sub)))
             .copied()
+    }
+
+    /// Whether IMS may be offered to the driver of `device`: the domain's capability
+    /// ([`RemapDomain::supports_ims`]) and no `NOT_YOUR_DEVICE` from the host for this device so
+    /// far (`VIR-LEG-G-003`).
+    pub fn ims_offered_for(&self, device: DeviceId) -> bool {
+        self.supports_ims() && !self.not_vir.contains(&device)
     }
 
     /// The slot of allocation `id`.
@@ -280,6 +297,9 @@ impl<H: Hypervisor> RemapDomain for VirDomain<H> {
         let Some(count) = slot.count().filter(|_| shape_ok) else {
             return Err(DomainError::InvalidSlot(slot));
         };
+        if slot.storage.is_ims() && self.not_vir.contains(&slot.device) {
+            return Err(DomainError::ImsNotOffered(slot.device));
+        }
         let req = AllocateRequest {
             device_id: U32::new(slot.device.0),
             kind: slot.storage.wire_kind().0,
@@ -288,7 +308,15 @@ impl<H: Hypervisor> RemapDomain for VirDomain<H> {
             index: U32::new(slot.index),
             reserved1: U32::ZERO,
         };
-        let resp = hypercall::allocate(&mut self.hv, &req)?;
+        let resp = match hypercall::allocate(&mut self.hv, &req) {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.status == Status::NOT_YOUR_DEVICE {
+                    self.not_vir.insert(slot.device);
+                }
+                return Err(e.into());
+            }
+        };
         let handle = resp.handle.get();
         if handle == vir_abi::wire::HANDLE_INVALID {
             return Err(DomainError::Protocol(ProtocolError::ZeroHandle));
