@@ -204,8 +204,54 @@ fn kvm_error(op: BackendOp, e: KvmError) -> BackendError {
 pub struct SimRouting {
     machine: SharedMachine,
     capacity: u32,
-    used: BTreeMap<VmId, BTreeSet<u32>>,
+    used: BTreeMap<VmId, GsiSet>,
     stats: RoutingStats,
+}
+
+/// The GSIs one VM holds, with the lowest free one found in O(log n): every GSI below `next`
+/// is either in `used` or in `free`.
+#[derive(Debug)]
+struct GsiSet {
+    used: BTreeSet<u32>,
+    free: BTreeSet<u32>,
+    next: u32,
+}
+
+impl Default for GsiSet {
+    fn default() -> Self {
+        Self {
+            used: BTreeSet::new(),
+            free: BTreeSet::new(),
+            next: FIRST_GSI,
+        }
+    }
+}
+
+impl GsiSet {
+    /// The lowest GSI not in use, if below `end`.
+    fn lowest_free(&self, end: u32) -> Option<u32> {
+        let g = self.free.first().copied().unwrap_or(self.next);
+        (g < end).then_some(g)
+    }
+
+    fn insert(&mut self, gsi: u32) {
+        if !self.free.remove(&gsi) && gsi == self.next {
+            self.next += 1;
+        }
+        self.used.insert(gsi);
+    }
+
+    fn remove(&mut self, gsi: u32) -> bool {
+        let removed = self.used.remove(&gsi);
+        if removed {
+            self.free.insert(gsi);
+        }
+        removed
+    }
+
+    fn contains(&self, gsi: u32) -> bool {
+        self.used.contains(&gsi)
+    }
 }
 
 impl SimRouting {
@@ -226,7 +272,7 @@ impl SimRouting {
 
     /// GSIs `vm` holds.
     pub fn gsis_in_use(&self, vm: VmId) -> usize {
-        self.used.get(&vm).map_or(0, BTreeSet::len)
+        self.used.get(&vm).map_or(0, |s| s.used.len())
     }
 
     /// Counters.
@@ -245,7 +291,7 @@ impl SimRouting {
 impl VirtualRouting for SimRouting {
     fn add_route(&mut self, vm: VmId, target: RouteTarget) -> Result<Gsi, BackendError> {
         let used = self.used.entry(vm).or_default();
-        let Some(gsi) = (FIRST_GSI..FIRST_GSI + self.capacity).find(|g| !used.contains(g)) else {
+        let Some(gsi) = used.lowest_free(FIRST_GSI + self.capacity) else {
             self.stats.failures += 1;
             return Err(BackendError::RoutesExhausted {
                 capacity: self.capacity,
@@ -278,7 +324,7 @@ impl VirtualRouting for SimRouting {
         gsi: Gsi,
         target: RouteTarget,
     ) -> Result<(), BackendError> {
-        if !self.used.get(&vm).is_some_and(|u| u.contains(&gsi.0)) {
+        if !self.used.get(&vm).is_some_and(|u| u.contains(gsi.0)) {
             self.stats.failures += 1;
             return Err(BackendError::UnknownGsi(gsi));
         }
@@ -299,7 +345,7 @@ impl VirtualRouting for SimRouting {
     }
 
     fn remove_route(&mut self, vm: VmId, gsi: Gsi) {
-        if !self.used.get_mut(&vm).is_some_and(|u| u.remove(&gsi.0)) {
+        if !self.used.get_mut(&vm).is_some_and(|u| u.remove(gsi.0)) {
             self.stats.anomalies += 1;
             return;
         }
@@ -728,6 +774,31 @@ mod tests {
         );
         // Remapped entries are two stores, posted ones one.
         assert_eq!(m.borrow().iommu().stats().irte_writes, 3);
+    }
+
+    #[test]
+    fn gsis_are_lowest_free_first_and_reused() {
+        let m = machine(1, 10);
+        let mut r = SimRouting::new(Rc::clone(&m), 4);
+        let target = RouteTarget {
+            vcpu_index: 0,
+            apic_id: 0,
+            vector: 0x41,
+        };
+        let add = |r: &mut SimRouting| r.add_route(VmId(0), target);
+        assert_eq!(add(&mut r), Ok(Gsi(24)));
+        assert_eq!(add(&mut r), Ok(Gsi(25)));
+        assert_eq!(add(&mut r), Ok(Gsi(26)));
+        r.remove_route(VmId(0), Gsi(25));
+        r.remove_route(VmId(0), Gsi(24));
+        assert_eq!(add(&mut r), Ok(Gsi(24)), "lowest free first");
+        assert_eq!(add(&mut r), Ok(Gsi(25)));
+        assert_eq!(add(&mut r), Ok(Gsi(27)));
+        assert_eq!(
+            add(&mut r),
+            Err(BackendError::RoutesExhausted { capacity: 4 })
+        );
+        assert_eq!(r.gsis_in_use(VmId(0)), 4);
     }
 
     #[test]
