@@ -79,22 +79,30 @@ pub enum HostFinding {
         /// The status.
         status: Status,
     },
-    /// A failed call (or an ignored ring, or a non-vIR exit) changed host state
-    /// (VIR-CALL-H-006).
+    /// A failed call (or an ignored ring, or a non-vIR exit: status `None`) changed a VM's
+    /// host state (VIR-CALL-H-006).
     FailureChangedState {
         /// The call.
         code: CallCode,
-        /// The status.
-        status: Status,
-        /// The VM whose snapshot changed (or the backends, reported as the caller).
+        /// The status (`None`: nothing was executed).
+        status: Option<Status>,
+        /// The VM whose snapshot changed.
         vm: VmId,
+    },
+    /// A failed call (or a step that executed nothing) changed the backends (VIR-CALL-H-006,
+    /// VIR-ACT-H-007).
+    FailureChangedBackends {
+        /// The call.
+        code: CallCode,
+        /// The status (`None`: nothing was executed).
+        status: Option<Status>,
     },
     /// A failed call wrote guest memory (VIR-CALL-H-007, VIR-DB-H-007).
     FailureWroteMemory {
         /// The call.
         code: CallCode,
-        /// The status.
-        status: Status,
+        /// The status (`None`: nothing was executed).
+        status: Option<Status>,
         /// The first GPA written.
         gpa: u64,
     },
@@ -1049,11 +1057,11 @@ pub fn run_step(
             match outcome {
                 CallOutcome::NotExecuted => {
                     report.not_executed += 1;
-                    unchanged(w, &before, code, Status::SUCCESS)?;
+                    unchanged(w, &before, code, None)?;
                     if let Some(gpa) = first_difference(&before.mem[me], &after_mem, &[]) {
                         return Err(HostFinding::FailureWroteMemory {
                             code,
-                            status: Status::SUCCESS,
+                            status: None,
                             gpa,
                         });
                     }
@@ -1091,11 +1099,15 @@ pub fn run_step(
                         let req = read_buf(&mem, c.req);
                         check_success(w, t, c, &req, &resp)?;
                     } else {
-                        unchanged(w, &before, code, status)?;
+                        unchanged(w, &before, code, Some(status))?;
                         if let Some(gpa) =
                             first_difference(&before.mem[me], &after_mem, &fail_ranges)
                         {
-                            return Err(HostFinding::FailureWroteMemory { code, status, gpa });
+                            return Err(HostFinding::FailureWroteMemory {
+                                code,
+                                status: Some(status),
+                                gpa,
+                            });
                         }
                     }
                 }
@@ -1152,16 +1164,16 @@ pub fn run_step(
                         });
                     }
                     if status != Status::SUCCESS {
-                        unchanged(w, &before, CallCode(0), status)?;
+                        unchanged(w, &before, CallCode(0), Some(status))?;
                     }
                 }
                 _ => {
                     report.not_executed += 1;
-                    unchanged(w, &before, CallCode(0), Status::SUCCESS)?;
+                    unchanged(w, &before, CallCode(0), None)?;
                     if let Some(gpa) = first_difference(&before.mem[vm % 2], &after, &[]) {
                         return Err(HostFinding::FailureWroteMemory {
                             code: CallCode(0),
-                            status: Status::SUCCESS,
+                            status: None,
                             gpa,
                         });
                     }
@@ -1196,11 +1208,11 @@ fn unchanged(
     w: &World,
     before: &Before,
     code: CallCode,
-    status: Status,
+    status: Option<Status>,
 ) -> Result<(), HostFinding> {
-    for i in 0..2 {
+    for (i, snap) in before.snaps.iter().enumerate() {
         let now = w.host.snapshot(w.vm(i)).ok();
-        if now.as_ref() != Some(&before.snaps[i]) {
+        if now.as_ref() != Some(snap) {
             return Err(HostFinding::FailureChangedState {
                 code,
                 status,
@@ -1209,11 +1221,7 @@ fn unchanged(
         }
     }
     if mock_state(&w.host) != before.mock {
-        return Err(HostFinding::FailureChangedState {
-            code,
-            status,
-            vm: w.vm(0),
-        });
+        return Err(HostFinding::FailureChangedBackends { code, status });
     }
     Ok(())
 }

@@ -170,10 +170,10 @@ where
         });
     };
     if v.as_bytes() != window {
-        return Err(DecodeFinding::RoundTrip {
+        return Err(DecodeFinding::Inconsistent {
             format,
-            input: 0,
-            output: 0,
+            check: "the structure's bytes differ from the bytes it was read from",
+            input: window.len() as u128,
         });
     }
     // Every field is reachable through the layout descriptors.

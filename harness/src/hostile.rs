@@ -73,8 +73,8 @@ pub enum StorageFinding {
     },
     /// The other VM's LAPICs accepted an interrupt during a forged write.
     OtherVmAccepted {
-        /// The writer's VM.
-        writer: usize,
+        /// The writer's VM (`None`: a requester id no VM owns).
+        writer: Option<usize>,
         /// Interrupts accepted by the other VM.
         accepted: u64,
     },
@@ -315,7 +315,7 @@ fn judge(
         if now != before {
             report.delivered_outside += 1;
             return Err(StorageFinding::OtherVmAccepted {
-                writer: writer.unwrap_or(usize::MAX),
+                writer,
                 accepted: now - before,
             });
         }

@@ -179,8 +179,8 @@ pub enum ToctouFinding {
     RequestReads {
         /// The call.
         code: CallCode,
-        /// The status.
-        status: Status,
+        /// The status (`None`: nothing was executed).
+        status: Option<Status>,
         /// Reads touching the request buffer.
         reads: usize,
         /// Reads expected.
@@ -379,7 +379,7 @@ fn run_target(
     if req_reads != expected {
         return Err(ToctouFinding::RequestReads {
             code,
-            status: status.unwrap_or(Status(u32::MAX)),
+            status,
             reads: req_reads,
             expected,
         });
