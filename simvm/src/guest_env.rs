@@ -6,7 +6,8 @@
 //! * [`VmcallTransport`] ([`Hypervisor`], register binding): the request and response live in a
 //!   reserved page of guest memory; the transport writes the request bytes there, loads
 //!   `RAX`/`RBX`/`RCX`/`RDX`/`RSI` and exits to [`Host::vmcall`](vir_host::Host::vmcall), then
-//!   reads the status from `RAX` and, on success, the response from guest memory.
+//!   reads the status from `RAX` (a value with bits 63:32 set is no status, VIR-REG-G-003) and,
+//!   on success, the response from guest memory.
 //! * [`DoorbellTransport`] ([`Hypervisor`], port-I/O doorbell binding): fills a
 //!   [`DoorbellBlock`] in its page and writes the block's GPA to the doorbell ports
 //!   ([`Host::pio_write`](vir_host::Host::pio_write)); the status is read back from the block.
@@ -27,6 +28,7 @@ use vir_abi::discovery::CPUID1_ECX_HYPERVISOR;
 use vir_abi::hw::msi::MsiMessage;
 use vir_abi::status::Status;
 use vir_abi::wire::DoorbellBlock;
+use vir_guest::hypercall::status_from_rax;
 use vir_guest::{
     Cpuid, CpuidResult, DeviceId as GuestDeviceId, Hypervisor, InterruptStorage, StorageError,
     StorageSlot as GuestSlot, StorageType,
@@ -219,7 +221,8 @@ impl Hypervisor for VmcallTransport {
             self.stats.not_claimed += 1;
             regs.rax = KVM_ENOSYS_RAX;
         }
-        let status = Status(regs.rax as u32);
+        // VIR-REG-G-003: RAX with bits 63:32 set (KVM's -ENOSYS included) is no status.
+        let status = status_from_rax(regs.rax);
         if status == Status::SUCCESS
             && !response.is_empty()
             && self

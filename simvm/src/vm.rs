@@ -335,6 +335,8 @@ pub struct WorldBuilder {
     mode: IrMode,
     table_size_s: u8,
     gsis_per_vm: u32,
+    register_bindings: u32,
+    doorbell_port: Option<u16>,
     vms: Vec<VmSpec>,
 }
 
@@ -354,6 +356,8 @@ impl WorldBuilder {
             mode: IrMode::Posted,
             table_size_s: 11,
             gsis_per_vm: KVM_MAX_IRQ_ROUTES,
+            register_bindings: HostConfig::default().register_bindings,
+            doorbell_port: HostConfig::default().doorbell_port,
             vms: Vec::new(),
         }
     }
@@ -385,6 +389,17 @@ impl WorldBuilder {
     /// GSIs per VM in the KVM routing table.
     pub fn gsis_per_vm(mut self, n: u32) -> Self {
         self.gsis_per_vm = n;
+        self
+    }
+
+    /// The bindings the host offers in the info leaf: `register` of
+    /// [`binding::VMCALL`] and [`binding::VMMCALL`], and the doorbell at `doorbell_port` (`None`:
+    /// no doorbell). Default: the host's ([`HostConfig::default`]). A guest uses only a binding
+    /// offered (VIR-DISC-G-003): a VM whose binding is not offered fails to build with
+    /// [`WorldError::BindingNotOffered`].
+    pub fn host_bindings(mut self, register: u32, doorbell_port: Option<u16>) -> Self {
+        self.register_bindings = register;
+        self.doorbell_port = doorbell_port;
         self
     }
 
@@ -459,6 +474,8 @@ impl WorldBuilder {
             ir_mode: self.mode,
             physical_ir_enabled: machine.borrow().iommu().remapping_enabled(),
             compat_format_blocked: machine.borrow().iommu().compat_blocked(),
+            register_bindings: self.register_bindings,
+            doorbell_port: self.doorbell_port,
             ..HostConfig::default()
         };
         let host = SimHost::new(
@@ -790,7 +807,8 @@ impl World {
                 got: id.0,
             });
         }
-        // The guest boots: discovery (VIR-DISC-G-001), transport, negotiation.
+        // The guest boots: discovery (VIR-DISC-G-001), the transport of an offered binding
+        // (VIR-DISC-G-003, VIR-REG-G-001), negotiation.
         let platform = discover(&mut HostCpuid::new(Rc::clone(&self.host), id))
             .map_err(WorldError::Discovery)?;
         let Platform::Vir(interface) = platform else {
