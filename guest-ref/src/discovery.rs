@@ -6,12 +6,18 @@
 //! 2. The bases `0x4000_0000 + k * 0x100`, `k` in `0..256`, are scanned in increasing order for the
 //!    vIR signature; the first match wins.
 //! 3. The info leaf (`base + 1`) is decoded and must offer a version this guest speaks.
+//!
+//! vIR calls are made by the kernel only. With the doorbell offered, the kernel refuses user
+//! mode any I/O-permission grant covering the doorbell ports
+//! ([`VirInterface::user_io_grant_allowed`], `VIR-CALL-G-003`).
 
 use core::fmt;
+use core::ops::Range;
 use vir_abi::VIR_VERSION_1;
+use vir_abi::call::DOORBELL_PORT_COUNT;
 use vir_abi::discovery::{
     self as abi_disc, CPUID_BASES, CPUID_INFO_OFFSET, CPUID_RANGE_FIRST, CPUID_STRIDE,
-    CPUID1_ECX_HYPERVISOR, InfoLeaf,
+    CPUID1_ECX_HYPERVISOR, InfoLeaf, binding,
 };
 
 /// The four output registers of one CPUID query.
@@ -48,6 +54,32 @@ pub struct VirInterface {
     pub max_leaf: u32,
     /// The decoded info leaf: versions, bindings, doorbell port.
     pub info: InfoLeaf,
+}
+
+impl VirInterface {
+    /// The I/O ports the host claims for the doorbell binding, `port..port + 8`, when the info
+    /// leaf offers it (whether or not this guest calls through it: the host decodes them on
+    /// every vCPU). `u32` bounds, so a range ending at port `0xFFFF` is representable.
+    pub fn doorbell_ports(&self) -> Option<Range<u32>> {
+        if self.info.bindings & binding::PORT_DOORBELL == 0 {
+            return None;
+        }
+        let first = u32::from(self.info.doorbell_port);
+        Some(first..first + u32::from(DOORBELL_PORT_COUNT))
+    }
+
+    /// Whether the kernel may give user mode access to the `count` I/O ports from `first` (the
+    /// check of an `ioperm` path; `iopl(3)` grants every port, `first` 0 and `count` 65536):
+    /// not when the range covers a doorbell port, so that user-mode code cannot issue vIR
+    /// calls (`VIR-CALL-G-003`). An empty range is always allowed.
+    pub fn user_io_grant_allowed(&self, first: u16, count: u32) -> bool {
+        let Some(doorbell) = self.doorbell_ports() else {
+            return true;
+        };
+        let start = u32::from(first);
+        let end = start.saturating_add(count);
+        count == 0 || end <= doorbell.start || start >= doorbell.end
+    }
 }
 
 /// What discovery found.

@@ -272,6 +272,61 @@ fn vir_disc_g_003_unknown_binding_bits_are_ignored() {
 // Calls (§3)
 // ---------------------------------------------------------------------------------------------
 
+#[test]
+fn vir_call_g_003_no_user_mode_io_grant_covers_the_doorbell() {
+    // VIR-CALL-G-003, the doorbell clause: with the doorbell offered at 0x5650, its eight
+    // ports are never granted to user mode (ioperm ranges touching them, iopl), whether or not
+    // the guest calls through the doorbell; every other grant is the kernel's usual business.
+    let iface = |bindings, port| VirInterface {
+        base: BASE,
+        max_leaf: BASE + 1,
+        info: InfoLeaf {
+            min_version: 1,
+            max_version: 1,
+            bindings,
+            doorbell_port: port,
+        },
+    };
+    let vir = iface(binding::VMCALL | binding::PORT_DOORBELL, 0x5650);
+    assert_eq!(vir.doorbell_ports(), Some(0x5650..0x5658));
+    for (first, count) in [
+        (0x5650, 1),
+        (0x5657, 1),
+        (0x5654, 4),
+        (0x5600, 0x51),
+        (0x5657, 0x100),
+        (0, 0x1_0000), // iopl(3)
+    ] {
+        assert!(
+            !vir.user_io_grant_allowed(first, count),
+            "{first:#x}+{count:#x}"
+        );
+    }
+    for (first, count) in [
+        (0x5600, 0x50),
+        (0x5658, 8),
+        (0x3f8, 8),
+        (0x5650, 0),
+        (0xfff0, 0x10),
+    ] {
+        assert!(
+            vir.user_io_grant_allowed(first, count),
+            "{first:#x}+{count:#x}"
+        );
+    }
+    // Port 0x5650 is just a port when the doorbell is not offered (the port field is then
+    // meaningless).
+    let no_doorbell = iface(binding::VMCALL, 0x5650);
+    assert_eq!(no_doorbell.doorbell_ports(), None);
+    assert!(no_doorbell.user_io_grant_allowed(0x5650, 8));
+    assert!(no_doorbell.user_io_grant_allowed(0, 0x1_0000));
+    // At the top of the port space.
+    let top = iface(binding::PORT_DOORBELL, 0xfff8);
+    assert_eq!(top.doorbell_ports(), Some(0xfff8..0x1_0000));
+    assert!(!top.user_io_grant_allowed(0xffff, 1));
+    assert!(top.user_io_grant_allowed(0xfff0, 8));
+}
+
 /// Records the sizes of every call and answers SUCCESS with a zeroed response.
 #[derive(Default)]
 struct Sizes(Vec<(CallCode, usize, usize)>);
