@@ -79,7 +79,6 @@ fn sources_cite_no_unknown_requirement() {
 }
 
 #[test]
-#[ignore = "enabled once the reference host and guest land"]
 fn traceability_every_must_is_tested() {
     let reqs = register();
     let cites = traceability::scan_workspace(&default_root()).unwrap_or_else(|e| panic!("{e}"));
