@@ -75,8 +75,13 @@ fn json_report_has_zero_wrong_deliveries_and_the_expected_counts() {
         assert_eq!(n(&j, &["calls", "SET_AFFINITY"]), 1022);
         assert_eq!(n(&j, &["statuses", "SUCCESS"]), 7425);
         assert_eq!(n(&j, &["storage", "rewrites"]), 0);
+        // Mask, message, unmask per IMS entry (VIR-ALC-G-001).
         assert_eq!(
             n(&j, &["storage", "at_activation", "IMS (device memory)"]),
+            6144
+        );
+        assert_eq!(
+            n(&j, &["storage", "guest_mask_writes", "IMS (device memory)"]),
             4096
         );
         assert_eq!(n(&j, &["forged", "delivered"]), 0);

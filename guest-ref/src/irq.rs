@@ -905,8 +905,9 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
         Ok(key)
     }
 
-    /// MSI-X: mask the entry before any message is written (Linux masks every entry when it
-    /// enables MSI-X). Reservation mode: reserve each vector and write the message.
+    /// MSI-X and IMS: mask the entry before any message is written (Linux masks every entry
+    /// when it enables MSI-X; `VIR-ALC-G-001`: a slot without the allocation's message must not
+    /// generate interrupts). Reservation mode: reserve each vector and write the message.
     fn prepare_group(
         &mut self,
         key: u64,
@@ -915,9 +916,9 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
         slot: StorageSlot,
         count: u16,
     ) -> Result<(), IrqError> {
-        if let StorageSlot::MsiX(index) = slot {
-            self.storage.set_msix_masked(device, index, true)?;
-            self.storage_stats.msix_mask_writes += 1;
+        if slot_maskable(slot) {
+            self.storage.set_masked(device, slot, true)?;
+            self.storage_stats.count_mask(slot);
         }
         if !self.reservation_mode {
             return Ok(());
@@ -1110,7 +1111,8 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
     /// `request_irq`: gives `irq` a real vector on the best online CPU of its affinity (any
     /// online CPU if the affinity has none or no free vector, like Linux's activation), activates
     /// it in the domain, writes the message if this is the allocation's first activation,
-    /// and unmasks an MSI-X entry. On failure the vector is returned and the irq is as before.
+    /// and unmasks an MSI-X or IMS entry once its message is in place (`VIR-ALC-G-001`). On
+    /// failure the vector is returned and the irq is as before.
     pub fn request_irq(&mut self, irq: Irq) -> Result<(), IrqError> {
         let ctx = self.context(irq)?;
         if let IrqState::Active { .. } = ctx.state {
@@ -1140,15 +1142,13 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
             }
         };
         let mut result = self.commit_message(ctx.key, msg);
-        if result.is_ok()
-            && let StorageSlot::MsiX(index) = ctx.slot
-        {
+        if result.is_ok() && slot_maskable(ctx.slot) {
             result = self
                 .storage
-                .set_msix_masked(ctx.device, index, false)
+                .set_masked(ctx.device, ctx.slot, false)
                 .map_err(IrqError::from);
             if result.is_ok() {
-                self.storage_stats.msix_mask_writes += 1;
+                self.storage_stats.count_mask(ctx.slot);
             }
         }
         if let Err(e) = result {
@@ -1191,7 +1191,8 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
         }
     }
 
-    /// `free_irq`: masks an MSI-X entry, deactivates the irq in the domain and frees its vector.
+    /// `free_irq`: masks an MSI-X or IMS entry (`VIR-ALC-G-001`), deactivates the irq in the
+    /// domain and frees its vector.
     /// The irq stays allocated (state [`IrqState::Deactivated`]) until
     /// [`IrqSubsystem::free_irq_vectors`]; a later `request_irq` activates it again without
     /// rewriting the storage. If the domain refuses to deactivate, the vector is kept out of
@@ -1202,9 +1203,9 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
             return Err(IrqError::NotRequested(irq));
         };
         let mut report = TeardownReport::default();
-        if let StorageSlot::MsiX(index) = ctx.slot {
-            match self.storage.set_msix_masked(ctx.device, index, true) {
-                Ok(()) => self.storage_stats.msix_mask_writes += 1,
+        if slot_maskable(ctx.slot) {
+            match self.storage.set_masked(ctx.device, ctx.slot, true) {
+                Ok(()) => self.storage_stats.count_mask(ctx.slot),
                 Err(error) => report.errors.push(TeardownError::Storage {
                     device: ctx.device,
                     slot: ctx.slot,
@@ -1376,6 +1377,12 @@ impl<D: RemapDomain, S: InterruptStorage> IrqSubsystem<D, S> {
     }
 }
 
+/// Whether the subsystem masks `slot` itself: MSI-X and IMS entries have a mask of their own
+/// (`VIR-ALC-G-001`); the MSI capability is controlled by MSI enable and disable.
+const fn slot_maskable(slot: StorageSlot) -> bool {
+    !matches!(slot, StorageSlot::Msi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1453,6 +1460,8 @@ mod tests {
     #[derive(Default)]
     struct NullStorage {
         writes: Vec<(DeviceId, StorageSlot, MsiMessage)>,
+        /// Message writes (`None`) and mask writes (`Some(masked)`) in order.
+        ops: Vec<(StorageSlot, Option<bool>)>,
     }
 
     impl InterruptStorage for NullStorage {
@@ -1463,9 +1472,14 @@ mod tests {
             m: MsiMessage,
         ) -> Result<(), StorageError> {
             self.writes.push((d, s, m));
+            self.ops.push((s, None));
             Ok(())
         }
-        fn set_msix_masked(&mut self, _: DeviceId, _: u32, _: bool) -> Result<(), StorageError> {
+        fn set_masked(&mut self, d: DeviceId, s: StorageSlot, m: bool) -> Result<(), StorageError> {
+            if s == StorageSlot::Msi {
+                return Err(StorageError::NotMaskable { device: d, slot: s });
+            }
+            self.ops.push((s, Some(m)));
             Ok(())
         }
         fn msi_enable(&mut self, _: DeviceId, _: u32) -> Result<(), StorageError> {
@@ -1764,6 +1778,71 @@ mod tests {
         );
         assert_eq!(s.irq_info(irqs[0]).unwrap().affinity, CpuMask::first_n(2));
         assert_eq!(s.matrix().allocated(CpuId(1)), Ok(0));
+    }
+
+    // VIR-ALC-G-001: every MSI-X and IMS slot is masked before its message is written,
+    // unmasked only once the message is in place, and masked again at free_irq.
+    #[test]
+    fn vir_alc_g_001_msix_and_ims_slots_masked_until_message_written() {
+        for reservation in [false, true] {
+            for (request, slot) in [
+                (AllocRequest::MsiX { indices: &[3] }, StorageSlot::MsiX(3)),
+                (
+                    AllocRequest::ImsDevice { indices: &[5] },
+                    StorageSlot::ImsDevice(5),
+                ),
+                (
+                    AllocRequest::ImsSystem { indices: &[700] },
+                    StorageSlot::ImsSystem(700),
+                ),
+            ] {
+                let mut s = subsystem(reservation, 1);
+                let irqs = s.alloc_irq_vectors(DEV, request, None).unwrap();
+                let mut expected = vec![(slot, Some(true))];
+                if reservation {
+                    expected.push((slot, None));
+                }
+                assert_eq!(s.storage().ops, expected, "{slot:?} {reservation}");
+                s.request_irq(irqs[0]).unwrap();
+                if !reservation {
+                    expected.push((slot, None));
+                }
+                expected.push((slot, Some(false)));
+                assert_eq!(s.storage().ops, expected, "{slot:?} {reservation}");
+                assert_eq!(s.free_irq(irqs[0]).unwrap(), TeardownReport::default());
+                expected.push((slot, Some(true)));
+                assert_eq!(s.storage().ops, expected, "{slot:?} {reservation}");
+                let st = s.storage_stats();
+                let per_type = match slot {
+                    StorageSlot::MsiX(_) => (3, 0, 0),
+                    StorageSlot::ImsDevice(_) => (0, 3, 0),
+                    _ => (0, 0, 3),
+                };
+                assert_eq!(
+                    (
+                        st.msix_mask_writes,
+                        st.ims_device_mask_writes,
+                        st.ims_system_mask_writes
+                    ),
+                    per_type
+                );
+                assert_eq!(st.mask_writes(), 3);
+                assert_eq!(st.message_writes(), 1);
+            }
+        }
+    }
+
+    // VIR-ALC-G-001: MSI has no per-slot mask through the storage; the subsystem never asks.
+    #[test]
+    fn vir_alc_g_001_msi_block_gets_no_mask_writes() {
+        let mut s = subsystem(false, 1);
+        let irqs = s
+            .alloc_irq_vectors(DEV, AllocRequest::Msi { nvec: 2 }, None)
+            .unwrap();
+        s.request_irq(irqs[0]).unwrap();
+        assert_eq!(s.free_irq(irqs[0]).unwrap(), TeardownReport::default());
+        assert_eq!(s.storage().ops, vec![(StorageSlot::Msi, None)]);
+        assert_eq!(s.storage_stats().mask_writes(), 0);
     }
 
     #[test]

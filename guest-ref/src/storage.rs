@@ -2,8 +2,10 @@
 //!
 //! [`InterruptStorage`] is implemented by the platform (a simulated one in tests, config space
 //! and MMIO accessors in a kernel). The interrupt subsystem writes a message exactly once per
-//! allocation, at its first activation (`VIR-ACT-G-001`), masks and unmasks MSI-X entries, and
-//! enables MSI with the number of vectors of the block.
+//! allocation, at its first activation (`VIR-ACT-G-001`), masks and unmasks MSI-X entries and
+//! IMS entries (in device memory and in system memory) so that a slot generates interrupts only
+//! while a live allocation's message is in it (`VIR-ALC-G-001`), and enables MSI with the number
+//! of vectors of the block.
 
 use core::fmt;
 use vir_abi::hw::msi::MsiMessage;
@@ -76,6 +78,15 @@ pub enum StorageError {
         /// The storage size.
         size: u32,
     },
+    /// A mask operation on a slot that has no mask of its own through
+    /// [`InterruptStorage::set_masked`] (the MSI capability: its per-vector mask bits are
+    /// optional and not driven by the interrupt subsystem).
+    NotMaskable {
+        /// The device.
+        device: DeviceId,
+        /// The slot addressed.
+        slot: StorageSlot,
+    },
     /// MSI enable with a vector count the capability does not support.
     InvalidVectorCount {
         /// The device.
@@ -92,7 +103,7 @@ impl StorageError {
     pub const fn errno(&self) -> i32 {
         match self {
             Self::NoSuchDevice(_) => errno::ENODEV,
-            Self::NoStorage { .. } => errno::EOPNOTSUPP,
+            Self::NoStorage { .. } | Self::NotMaskable { .. } => errno::EOPNOTSUPP,
             Self::IndexOutOfRange { .. } | Self::InvalidVectorCount { .. } => errno::EINVAL,
         }
     }
@@ -105,6 +116,9 @@ impl fmt::Display for StorageError {
             Self::NoStorage { device, storage } => write!(f, "{device} has no {storage:?} storage"),
             Self::IndexOutOfRange { device, slot, size } => {
                 write!(f, "{device} {slot:?} beyond storage of {size}")
+            }
+            Self::NotMaskable { device, slot } => {
+                write!(f, "{device} {slot:?} cannot be masked on its own")
             }
             Self::InvalidVectorCount { device, nvec, max } => {
                 write!(
@@ -126,11 +140,15 @@ pub trait InterruptStorage {
         message: MsiMessage,
     ) -> Result<(), StorageError>;
 
-    /// Sets (`true`) or clears the mask bit of MSI-X entry `index` of `device`.
-    fn set_msix_masked(
+    /// Sets (`true`) or clears the mask bit of `slot` of `device`: the vector control of an
+    /// MSI-X entry, the mask of an IMS entry in device memory, or the mask of an IMS entry in
+    /// system memory (queue context). A masked slot does not generate interrupts: the device
+    /// holds them pending and sends them when the slot is unmasked. [`StorageSlot::Msi`] is
+    /// refused with [`StorageError::NotMaskable`].
+    fn set_masked(
         &mut self,
         device: DeviceId,
-        index: u32,
+        slot: StorageSlot,
         masked: bool,
     ) -> Result<(), StorageError>;
 
@@ -151,13 +169,13 @@ impl<S: InterruptStorage + ?Sized> InterruptStorage for &mut S {
     ) -> Result<(), StorageError> {
         (**self).write_message(device, slot, message)
     }
-    fn set_msix_masked(
+    fn set_masked(
         &mut self,
         device: DeviceId,
-        index: u32,
+        slot: StorageSlot,
         masked: bool,
     ) -> Result<(), StorageError> {
-        (**self).set_msix_masked(device, index, masked)
+        (**self).set_masked(device, slot, masked)
     }
     fn msi_enable(&mut self, device: DeviceId, nvec: u32) -> Result<(), StorageError> {
         (**self).msi_enable(device, nvec)
@@ -178,8 +196,12 @@ pub struct StorageStats {
     pub ims_device_messages: u64,
     /// Messages written into IMS entries in system memory.
     pub ims_system_messages: u64,
-    /// MSI-X mask and unmask writes.
+    /// Mask and unmask writes to MSI-X entries.
     pub msix_mask_writes: u64,
+    /// Mask and unmask writes to IMS entries in device memory.
+    pub ims_device_mask_writes: u64,
+    /// Mask and unmask writes to IMS entries in system memory.
+    pub ims_system_mask_writes: u64,
     /// MSI enable and disable writes.
     pub msi_control_writes: u64,
 }
@@ -190,9 +212,14 @@ impl StorageStats {
         self.msi_messages + self.msix_messages + self.ims_device_messages + self.ims_system_messages
     }
 
+    /// Mask and unmask writes, all storage types together.
+    pub const fn mask_writes(&self) -> u64 {
+        self.msix_mask_writes + self.ims_device_mask_writes + self.ims_system_mask_writes
+    }
+
     /// Every storage access counted.
     pub const fn total_writes(&self) -> u64 {
-        self.message_writes() + self.msix_mask_writes + self.msi_control_writes
+        self.message_writes() + self.mask_writes() + self.msi_control_writes
     }
 
     pub(crate) fn count_message(&mut self, slot: StorageSlot) {
@@ -201,6 +228,17 @@ impl StorageStats {
             StorageSlot::MsiX(_) => &mut self.msix_messages,
             StorageSlot::ImsDevice(_) => &mut self.ims_device_messages,
             StorageSlot::ImsSystem(_) => &mut self.ims_system_messages,
+        };
+        *c = c.saturating_add(1);
+    }
+
+    /// Counts one mask or unmask write to `slot` (MSI has no mask write: nothing counted).
+    pub(crate) fn count_mask(&mut self, slot: StorageSlot) {
+        let c = match slot {
+            StorageSlot::Msi => return,
+            StorageSlot::MsiX(_) => &mut self.msix_mask_writes,
+            StorageSlot::ImsDevice(_) => &mut self.ims_device_mask_writes,
+            StorageSlot::ImsSystem(_) => &mut self.ims_system_mask_writes,
         };
         *c = c.saturating_add(1);
     }
@@ -225,11 +263,24 @@ mod tests {
         s.count_message(StorageSlot::Msi);
         s.count_message(StorageSlot::ImsSystem(3));
         s.count_message(StorageSlot::ImsSystem(4));
-        s.msix_mask_writes = 2;
+        s.count_mask(StorageSlot::MsiX(0));
+        s.count_mask(StorageSlot::MsiX(0));
+        s.count_mask(StorageSlot::ImsDevice(1));
+        s.count_mask(StorageSlot::ImsSystem(2));
+        s.count_mask(StorageSlot::Msi);
         assert_eq!(s.msi_messages, 1);
         assert_eq!(s.ims_system_messages, 2);
         assert_eq!(s.message_writes(), 3);
-        assert_eq!(s.total_writes(), 5);
+        assert_eq!(
+            (
+                s.msix_mask_writes,
+                s.ims_device_mask_writes,
+                s.ims_system_mask_writes
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(s.mask_writes(), 4);
+        assert_eq!(s.total_writes(), 7);
     }
 
     #[test]
@@ -252,6 +303,14 @@ mod tests {
             }
             .errno(),
             errno::EINVAL
+        );
+        assert_eq!(
+            StorageError::NotMaskable {
+                device: d,
+                slot: StorageSlot::Msi
+            }
+            .errno(),
+            errno::EOPNOTSUPP
         );
     }
 }

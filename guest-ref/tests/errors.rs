@@ -247,7 +247,7 @@ fn vir_sta_g_001_request_irq_failure_returns_the_vector() {
             assert_eq!(w.guest.matrix().allocated(CpuId(cpu)), Ok(0));
         }
         assert_eq!(w.guest.matrix().reserved(), 1);
-        assert!(w.storage.borrow().msix_masked[&(DEV_A, 4)]);
+        assert!(w.storage.borrow().masked[&(DEV_A, StorageSlot::MsiX(4))]);
     }
     // And then it works.
     w.guest.request_irq(irqs[0]).unwrap();

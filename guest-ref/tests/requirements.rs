@@ -738,57 +738,101 @@ fn world_without_reservation() -> World {
 }
 
 #[test]
-fn vir_alc_g_001_msi_and_msix_slots_send_only_under_a_live_written_allocation() {
-    // VIR-ALC-G-001 for MSI and MSI-X, with and without reservation mode: a slot sends nothing
-    // (no message, masked, MSI disabled) until its allocation is live and its message written,
-    // and nothing once the allocation is freed. (An IMS slot keeps its message after FREE and
-    // is stopped only by the host's not-present IRTE: the storage interface has no IMS mask.)
+fn vir_alc_g_001_msi_msix_and_ims_slots_send_only_under_a_live_written_allocation() {
+    // VIR-ALC-G-001 for MSI, MSI-X, IMS in device memory and IMS in system memory, with and
+    // without reservation mode: a slot sends nothing (no message, masked, MSI disabled) until
+    // its allocation is live and its message written, nothing once free_irq has masked it, and
+    // nothing once the allocation is freed (the message stays in the storage, masked).
     for reservation in [true, false] {
         let mut w = if reservation {
             World::new()
         } else {
             world_without_reservation()
         };
-        let x = StorageSlot::MsiX(3);
-        assert_eq!(w.fire(DEV_A, x, 0), Fire::NoMessage);
-        assert_eq!(w.fire(DEV_A, StorageSlot::Msi, 0), Fire::NoMessage);
+        let maskable = [
+            (
+                AllocRequest::MsiX { indices: &[3] },
+                StorageSlot::MsiX(3),
+                StorageType::MsiX,
+            ),
+            (
+                AllocRequest::ImsDevice { indices: &[5] },
+                StorageSlot::ImsDevice(5),
+                StorageType::ImsDevice,
+            ),
+            (
+                AllocRequest::ImsSystem { indices: &[900] },
+                StorageSlot::ImsSystem(900),
+                StorageType::ImsSystem,
+            ),
+        ];
+        for (_, slot, _) in maskable {
+            assert_eq!(w.fire(DEV_A, slot, 0), Fire::NoMessage, "{slot:?}");
+        }
+        assert_eq!(w.fire(DEV_B, StorageSlot::Msi, 0), Fire::NoMessage);
 
-        let irqs = w
-            .guest
-            .alloc_irq_vectors(DEV_A, AllocRequest::MsiX { indices: &[3] }, None)
-            .unwrap();
+        let mut irqs = Vec::new();
+        for (request, _, _) in maskable {
+            let got = w.guest.alloc_irq_vectors(DEV_A, request, None).unwrap();
+            assert_eq!(got.len(), 1);
+            irqs.push(got[0]);
+        }
         let msi = w
             .guest
             .alloc_irq_vectors(DEV_B, AllocRequest::Msi { nvec: 4 }, None)
             .unwrap();
+        for (_, slot, _) in maskable {
+            // Masked before any message was written.
+            assert_eq!(
+                w.storage.borrow().masked.get(&(DEV_A, slot)),
+                Some(&true),
+                "{slot:?}"
+            );
+            if reservation {
+                // Live allocation, message written: the entry stays masked until request_irq.
+                assert_eq!(w.fire(DEV_A, slot, 0), Fire::Masked, "{slot:?}");
+            } else {
+                assert_eq!(w.fire(DEV_A, slot, 0), Fire::NoMessage, "{slot:?}");
+            }
+        }
         if reservation {
-            // Live allocation, message written: the MSI-X entry stays masked until
-            // request_irq, the MSI block sends into its reserved (blocked) entries.
-            assert_eq!(w.fire(DEV_A, x, 0), Fire::Masked);
+            // The MSI block sends into its reserved (blocked) entries.
             assert_eq!(w.fire(DEV_B, StorageSlot::Msi, 2), Fire::Blocked);
         } else {
-            assert_eq!(w.fire(DEV_A, x, 0), Fire::NoMessage);
             assert_eq!(w.fire(DEV_B, StorageSlot::Msi, 2), Fire::NoMessage);
         }
-        w.guest.request_irq(irqs[0]).unwrap();
+        for &irq in &irqs {
+            w.guest.request_irq(irq).unwrap();
+        }
         w.guest.request_irq(msi[2]).unwrap();
-        assert_eq!(w.fire(DEV_A, x, 0), Fire::Irq(irqs[0]));
+        for ((_, slot, _), &irq) in maskable.iter().zip(&irqs) {
+            assert_eq!(w.fire(DEV_A, *slot, 0), Fire::Irq(irq), "{slot:?}");
+        }
         assert_eq!(w.fire(DEV_B, StorageSlot::Msi, 2), Fire::Irq(msi[2]));
 
-        assert_eq!(w.guest.free_irq(irqs[0]), Ok(TeardownReport::default()));
+        // free_irq masks the entry again: the allocation is still live, but its message no
+        // longer reaches the guest.
+        for ((_, slot, _), &irq) in maskable.iter().zip(&irqs) {
+            assert_eq!(w.guest.free_irq(irq), Ok(TeardownReport::default()));
+            assert_eq!(w.fire(DEV_A, *slot, 0), Fire::Masked, "{slot:?}");
+        }
         assert_eq!(w.guest.free_irq(msi[2]), Ok(TeardownReport::default()));
-        assert_eq!(
-            w.guest.free_irq_vectors(DEV_A, StorageType::MsiX),
-            Ok(TeardownReport::default())
-        );
+        for (_, _, storage) in maskable {
+            assert_eq!(
+                w.guest.free_irq_vectors(DEV_A, storage),
+                Ok(TeardownReport::default())
+            );
+        }
         assert_eq!(
             w.guest.free_irq_vectors(DEV_B, StorageType::Msi),
             Ok(TeardownReport::default())
         );
         assert!(w.host.borrow().allocs.is_empty());
         // The messages are still in the storage; the slots do not send.
-        assert_eq!(w.storage.borrow().messages.len(), 2);
-        assert_eq!(w.fire(DEV_A, x, 0), Fire::Masked);
+        assert_eq!(w.storage.borrow().messages.len(), 4);
+        for (_, slot, _) in maskable {
+            assert_eq!(w.fire(DEV_A, slot, 0), Fire::Masked, "{slot:?}");
+        }
         for sub in 0..4 {
             assert_eq!(w.fire(DEV_B, StorageSlot::Msi, sub), Fire::Masked);
         }
@@ -813,7 +857,13 @@ fn vir_alc_g_001_failed_allocation_leaves_the_slot_untouched() {
         .unwrap_err();
     assert_eq!(e.errno(), errno::ENODEV);
     assert_eq!(w.storage_writes(), 0);
-    assert_eq!(w.storage.borrow().msix_masked.get(&(DEV_B, 2)), None);
+    assert_eq!(
+        w.storage
+            .borrow()
+            .masked
+            .get(&(DEV_B, StorageSlot::MsiX(2))),
+        None
+    );
     assert_eq!(w.storage.borrow().msi_enabled.get(&DEV_FOREIGN), None);
     assert_eq!(w.fire(DEV_B, StorageSlot::MsiX(2), 0), Fire::NoMessage);
     assert_eq!(w.fire(DEV_FOREIGN, StorageSlot::Msi, 0), Fire::NoMessage);
@@ -823,7 +873,7 @@ fn vir_alc_g_001_failed_allocation_leaves_the_slot_untouched() {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Write(DeviceId, StorageSlot, MsiMessage),
-    MsixMask(DeviceId, u32, bool),
+    Mask(DeviceId, StorageSlot, bool),
     MsiEnable(DeviceId, u32),
     MsiDisable(DeviceId),
 }
@@ -853,14 +903,14 @@ impl InterruptStorage for Recording {
         let r = self.inner.write_message(device, slot, message);
         self.log(r, Op::Write(device, slot, message))
     }
-    fn set_msix_masked(
+    fn set_masked(
         &mut self,
         device: DeviceId,
-        index: u32,
+        slot: StorageSlot,
         masked: bool,
     ) -> Result<(), StorageError> {
-        let r = self.inner.set_msix_masked(device, index, masked);
-        self.log(r, Op::MsixMask(device, index, masked))
+        let r = self.inner.set_masked(device, slot, masked);
+        self.log(r, Op::Mask(device, slot, masked))
     }
     fn msi_enable(&mut self, device: DeviceId, nvec: u32) -> Result<(), StorageError> {
         let r = self.inner.msi_enable(device, nvec);
@@ -899,12 +949,12 @@ fn recorded(offered: Features) -> Recorded {
     }
 }
 
-/// Every unmask of an MSI-X entry and every MSI enable comes after the message of that slot
-/// was written.
+/// Every unmask of an MSI-X or IMS entry and every MSI enable comes after the message of that
+/// slot was written.
 fn assert_written_before_enabled(ops: &[Op]) {
     for (i, op) in ops.iter().enumerate() {
         let slot = match *op {
-            Op::MsixMask(d, index, false) => (d, StorageSlot::MsiX(index)),
+            Op::Mask(d, slot, false) => (d, slot),
             Op::MsiEnable(d, _) => (d, StorageSlot::Msi),
             _ => continue,
         };
@@ -944,13 +994,13 @@ fn vir_act_g_002_message_written_before_unmask_or_enable() {
     assert_eq!(
         kinds,
         [
-            Op::MsixMask(DEV_A, 0, true),
+            Op::Mask(DEV_A, StorageSlot::MsiX(0), true),
             Op::Write(DEV_A, StorageSlot::MsiX(0), blank),
-            Op::MsixMask(DEV_A, 1, true),
+            Op::Mask(DEV_A, StorageSlot::MsiX(1), true),
             Op::Write(DEV_A, StorageSlot::MsiX(1), blank),
             Op::Write(DEV_B, StorageSlot::Msi, blank),
             Op::MsiEnable(DEV_B, 2),
-            Op::MsixMask(DEV_A, 1, false),
+            Op::Mask(DEV_A, StorageSlot::MsiX(1), false),
         ]
     );
     assert_written_before_enabled(&ops);
@@ -965,13 +1015,16 @@ fn vir_act_g_002_message_written_before_unmask_or_enable() {
         .guest
         .alloc_irq_vectors(DEV_B, AllocRequest::Msi { nvec: 1 }, None)
         .unwrap();
-    assert_eq!(*r.ops.borrow(), [Op::MsixMask(DEV_A, 4, true)]);
+    assert_eq!(
+        *r.ops.borrow(),
+        [Op::Mask(DEV_A, StorageSlot::MsiX(4), true)]
+    );
     r.guest.request_irq(x[0]).unwrap();
     r.guest.request_irq(m[0]).unwrap();
     let ops = r.ops.borrow().clone();
     assert_eq!(ops.len(), 5);
     assert!(matches!(ops[1], Op::Write(DEV_A, StorageSlot::MsiX(4), _)));
-    assert_eq!(ops[2], Op::MsixMask(DEV_A, 4, false));
+    assert_eq!(ops[2], Op::Mask(DEV_A, StorageSlot::MsiX(4), false));
     assert!(matches!(ops[3], Op::Write(DEV_B, StorageSlot::Msi, _)));
     assert_eq!(ops[4], Op::MsiEnable(DEV_B, 1));
     assert_written_before_enabled(&ops);
@@ -996,8 +1049,17 @@ fn vir_act_g_002_failed_write_means_no_unmask_and_no_enable() {
         assert!(matches!(e, IrqError::Storage(_)), "{e:?}");
         assert_eq!(r.guest.irq_info(irq).unwrap().state, IrqState::Allocated);
     }
-    assert_eq!(*r.ops.borrow(), [Op::MsixMask(DEV_A, 2, true)]);
-    assert_eq!(r.storage.borrow().msix_masked.get(&(DEV_A, 2)), Some(&true));
+    assert_eq!(
+        *r.ops.borrow(),
+        [Op::Mask(DEV_A, StorageSlot::MsiX(2), true)]
+    );
+    assert_eq!(
+        r.storage
+            .borrow()
+            .masked
+            .get(&(DEV_A, StorageSlot::MsiX(2))),
+        Some(&true)
+    );
     assert_eq!(r.storage.borrow().msi_enabled.get(&DEV_B), None);
     // The host's vector is back (the activation was undone).
     assert_eq!(r.host.borrow().vectors_used, 0);

@@ -234,9 +234,7 @@ impl Booted {
             let Some(&m) = s.messages.get(&(DEV_A, slot)) else {
                 return Fire::NoMessage;
             };
-            if let StorageSlot::MsiX(i) = slot
-                && s.msix_masked.get(&(DEV_A, i)).copied().unwrap_or(true)
-            {
+            if slot != StorageSlot::Msi && s.masked.get(&(DEV_A, slot)).copied().unwrap_or(true) {
                 return Fire::Masked;
             }
             let data = if slot == StorageSlot::Msi {

@@ -421,9 +421,6 @@ pub struct SimStorageStats {
     /// MSI-X functions enabled on the first entry mask (the `InterruptStorage` trait has no MSI-X
     /// enable).
     pub msix_enables: u64,
-    /// IMS entries in device memory unmasked after their message was written (the trait has no
-    /// IMS mask operation).
-    pub ims_unmasks: u64,
     /// Pending interrupts released by an unmask (they fired at once).
     pub released: u64,
     /// Device errors without an exact `StorageError` counterpart (reported as `NoStorage`).
@@ -524,32 +521,29 @@ impl InterruptStorage for SimStorage {
         let machine = Rc::clone(&self.machine);
         let mut m = machine.borrow_mut();
         m.write_message(dev, pslot, message)
-            .map_err(|e| self.map_error(device, slot, e))?;
-        if let GuestSlot::ImsDevice(_) = slot {
-            let released = m
-                .set_masked(dev, pslot, false)
-                .map_err(|e| self.map_error(device, slot, e))?;
-            self.stats.ims_unmasks += 1;
-            self.stats.released += released.len() as u64;
-        }
-        Ok(())
+            .map_err(|e| self.map_error(device, slot, e))
     }
 
-    fn set_msix_masked(
+    fn set_masked(
         &mut self,
         device: GuestDeviceId,
-        index: u32,
+        slot: GuestSlot,
         masked: bool,
     ) -> Result<(), StorageError> {
         let dev = self.lookup(device)?;
-        let slot = GuestSlot::MsiX(index);
+        if slot == GuestSlot::Msi {
+            return Err(StorageError::NotMaskable { device, slot });
+        }
         let machine = Rc::clone(&self.machine);
         let mut m = machine.borrow_mut();
-        let enabled = m
-            .device(dev)
-            .map_err(|e| self.map_error(device, slot, e))?
-            .msix()
-            .map(|x| x.enabled());
+        let enabled = match slot {
+            GuestSlot::MsiX(_) => m
+                .device(dev)
+                .map_err(|e| self.map_error(device, slot, e))?
+                .msix()
+                .map(|x| x.enabled()),
+            _ => None,
+        };
         if enabled == Some(false) {
             // Linux enables MSI-X when it sets the vectors up, every entry masked.
             let released = m
@@ -559,7 +553,7 @@ impl InterruptStorage for SimStorage {
             self.stats.released += released.len() as u64;
         }
         let released = m
-            .set_masked(dev, StorageSlot::msix(index), masked)
+            .set_masked(dev, platform_slot(slot, 0), masked)
             .map_err(|e| self.map_error(device, slot, e))?;
         self.stats.released += released.len() as u64;
         Ok(())

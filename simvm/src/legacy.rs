@@ -355,9 +355,7 @@ impl InterruptStorage for VmmBus {
                 m.write_message(d, StorageSlot::msix(index), message)
             }),
             GuestSlot::ImsDevice(index) => self.direct(device, slot, |m, d| {
-                // The IMS entry is programmed, then unmasked (the trait has no IMS mask).
-                m.write_message(d, StorageSlot::ims_device(index), message)?;
-                m.set_masked(d, StorageSlot::ims_device(index), false)
+                m.write_message(d, StorageSlot::ims_device(index), message)
             }),
             GuestSlot::ImsSystem(index) => self.direct(device, slot, |m, d| {
                 m.write_message(d, StorageSlot::ims_system(index), message)
@@ -365,13 +363,29 @@ impl InterruptStorage for VmmBus {
         }
     }
 
-    fn set_msix_masked(
+    fn set_masked(
         &mut self,
         device: GuestDeviceId,
-        index: u32,
+        slot: GuestSlot,
         masked: bool,
     ) -> Result<(), StorageError> {
         self.lookup(device)?;
+        let index = match slot {
+            GuestSlot::Msi => return Err(StorageError::NotMaskable { device, slot }),
+            GuestSlot::MsiX(index) => index,
+            // IMS storage is not emulated by the VMM (no trap): the guest reaches the device's
+            // entry or queue context directly, as for the message.
+            GuestSlot::ImsDevice(index) => {
+                return self.direct(device, slot, |m, d| {
+                    m.set_masked(d, StorageSlot::ims_device(index), masked)
+                });
+            }
+            GuestSlot::ImsSystem(index) => {
+                return self.direct(device, slot, |m, d| {
+                    m.set_masked(d, StorageSlot::ims_system(index), masked)
+                });
+            }
+        };
         if self.msix_enabled.insert(device) {
             // Linux enables MSI-X when it sets the vectors up, every entry masked.
             self.msix_control(device, true)?;
@@ -633,9 +647,9 @@ mod tests {
             Rc::clone(&log),
         );
         let msg = MsiMessage::new(0xFEE0_0018, 0, 0);
-        bus.set_msix_masked(dev, 1, true).unwrap();
+        bus.set_masked(dev, GuestSlot::MsiX(1), true).unwrap();
         bus.write_message(dev, GuestSlot::MsiX(1), msg).unwrap();
-        bus.set_msix_masked(dev, 1, false).unwrap();
+        bus.set_masked(dev, GuestSlot::MsiX(1), false).unwrap();
         assert_eq!(
             (log.borrow().direct, log.borrow().trapped),
             (4, 0),
@@ -655,6 +669,60 @@ mod tests {
         );
         bus.msix_disable(dev).unwrap();
         assert!(!m.borrow().device(d).unwrap().msix().unwrap().enabled());
+    }
+
+    // VIR-ALC-G-001: the guest masks IMS entries through the bus like MSI-X entries; MSI has
+    // no per-slot mask through it.
+    #[test]
+    fn bare_metal_bus_masks_ims_entries_directly_and_refuses_msi() {
+        let mut m = Machine::new(&MachineConfig::new(2)).unwrap();
+        let d = m
+            .add_device(&DeviceConfig::new(RequesterId(0x10)).with_ims_device(4))
+            .unwrap();
+        let m = Rc::new(RefCell::new(m));
+        let log: SharedTrapLog = Rc::default();
+        let dev = GuestDeviceId(0x10);
+        let mut bus = VmmBus::new(
+            Rc::clone(&m),
+            None,
+            BTreeMap::from([(dev, d)]),
+            Rc::clone(&log),
+        );
+        let msg = MsiMessage::new(0xFEE0_0018, 0, 0);
+        bus.set_masked(dev, GuestSlot::ImsDevice(2), true).unwrap();
+        bus.write_message(dev, GuestSlot::ImsDevice(2), msg)
+            .unwrap();
+        // Masked: the message is in place but the entry does not send.
+        assert_eq!(
+            m.borrow_mut().fire(d, StorageSlot::ims_device(2)),
+            Ok(vir_platform::FireOutcome::Masked)
+        );
+        assert_eq!(
+            (log.borrow().direct, log.borrow().trapped),
+            (2, 0),
+            "mask, message"
+        );
+        assert_eq!(
+            bus.set_masked(dev, GuestSlot::Msi, true),
+            Err(StorageError::NotMaskable {
+                device: dev,
+                slot: GuestSlot::Msi
+            })
+        );
+        assert_eq!(
+            bus.set_masked(dev, GuestSlot::ImsSystem(0), true),
+            Err(StorageError::NoStorage {
+                device: dev,
+                storage: vir_guest::StorageType::ImsSystem
+            })
+        );
+        assert_eq!(
+            m.borrow()
+                .device(d)
+                .unwrap()
+                .storage_writes(vir_platform::StorageKind::ImsDevice),
+            2
+        );
     }
 
     #[test]

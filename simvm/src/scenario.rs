@@ -329,6 +329,9 @@ pub struct StorageSummary {
     pub after_changes: NamedCounts,
     /// Messages the guest wrote, per kind (once per allocation, VIR-ACT-G-001).
     pub guest_messages: NamedCounts,
+    /// Mask and unmask writes the guest made, per maskable kind (VIR-ALC-G-001: masked before
+    /// the message is written, unmasked at `request_irq`, masked at `free_irq`).
+    pub guest_mask_writes: NamedCounts,
     /// Writes between activation and the end of the second delivery check (must be 0).
     pub rewrites: u64,
 }
@@ -712,6 +715,17 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, ScenarioError> {
                     guest_stats.ims_system_messages,
                 ),
             ]),
+            guest_mask_writes: NamedCounts(vec![
+                ("MSI-X".to_string(), guest_stats.msix_mask_writes),
+                (
+                    "IMS (device memory)".to_string(),
+                    guest_stats.ims_device_mask_writes,
+                ),
+                (
+                    "IMS (system memory)".to_string(),
+                    guest_stats.ims_system_mask_writes,
+                ),
+            ]),
             rewrites,
         },
         affinity,
@@ -880,6 +894,11 @@ impl fmt::Display for Report {
             f,
             "  guest message writes: {}",
             counts(&self.storage.guest_messages)
+        )?;
+        writeln!(
+            f,
+            "  guest mask writes: {}",
+            counts(&self.storage.guest_mask_writes)
         )?;
         writeln!(
             f,

@@ -245,6 +245,23 @@ fn reserved_entries_block_silently_with_fpd_vir_sec_h_002() {
             // The device itself, with the message the guest stored at reservation.
             let at = source(&s.world, 0, irq);
             let msg = message(&s.world, 0, irq);
+            // VIR-ALC-G-001: the guest keeps the reserved entry masked; the device holds the
+            // interrupt pending.
+            let d = s.world.fire(at.0, at.1).unwrap();
+            assert_eq!(d.outcome, FireOutcome::Masked);
+            // Unmasked behind the guest's back (a device ignoring its mask): the pending
+            // interrupt goes out and the not-present entry blocks it silently (FPD).
+            let faults = s.world.faults();
+            let released = s.world.machine_mut().set_masked(at.0, at.1, false).unwrap();
+            assert_eq!(
+                released,
+                [FireOutcome::Faulted(RemapFault {
+                    reason: VtdFaultReason::NOT_PRESENT,
+                    index: RemappableMsi::decode(msg).map(|m| m.irte_index()).ok(),
+                    recorded: false
+                })]
+            );
+            assert_eq!(s.world.faults(), (faults.0, faults.1 + 1));
             assert_blocked(&mut s.world, at, msg, VtdFaultReason::NOT_PRESENT, false);
             // Another VM's device with that message: blocked at P = 0 too, before the SID check.
             let at1 = source(&s.world, 1, s.nic1[1]);

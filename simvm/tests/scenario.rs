@@ -79,13 +79,14 @@ fn assert_default_figures(r: &Report) {
         ),
         (137, 19, 0, 0)
     );
-    // MSI: message + enable. MSI-X: enable + mask + message + unmask per entry. IMS in device
-    // memory: message + unmask per entry. IMS in system memory: the message in the context.
+    // MSI: message + enable. MSI-X: enable + mask + message + unmask per entry. IMS, in device
+    // memory and in system memory (the queue context): mask + message + unmask per entry
+    // (VIR-ALC-G-001).
     let at_activation = counts(&[
         ("MSI", 2),
         ("MSI-X", 193),
-        ("IMS (device memory)", 4096),
-        ("IMS (system memory)", 16),
+        ("IMS (device memory)", 6144),
+        ("IMS (system memory)", 48),
     ]);
     assert_eq!(r.storage.at_activation, at_activation);
     assert_eq!(r.storage.after_changes, at_activation);
@@ -97,6 +98,15 @@ fn assert_default_figures(r: &Report) {
             ("MSI-X", 64),
             ("IMS (device memory)", 2048),
             ("IMS (system memory)", 16),
+        ])
+    );
+    // VIR-ALC-G-001: mask at allocation, unmask at request_irq; every interrupt is requested.
+    assert_eq!(
+        r.storage.guest_mask_writes,
+        counts(&[
+            ("MSI-X", 128),
+            ("IMS (device memory)", 4096),
+            ("IMS (system memory)", 32),
         ])
     );
     // 4 devices × (3 foreign messages + 1 compatibility-format message).

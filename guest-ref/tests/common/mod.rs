@@ -511,11 +511,13 @@ pub struct StorageModel {
     pub devices: BTreeMap<DeviceId, DeviceSpec>,
     pub messages: BTreeMap<(DeviceId, StorageSlot), MsiMessage>,
     pub writes: Vec<(DeviceId, StorageSlot, MsiMessage)>,
-    pub msix_masked: BTreeMap<(DeviceId, u32), bool>,
+    /// Mask bits of MSI-X and IMS slots (a slot never masked or unmasked counts as masked:
+    /// MSI-X entries come out of reset masked).
+    pub masked: BTreeMap<(DeviceId, StorageSlot), bool>,
     pub msi_enabled: BTreeMap<DeviceId, u32>,
     /// Test hook: the next message write fails.
     pub fail_next_write: bool,
-    /// Test hook: the next MSI-X mask or unmask fails.
+    /// Test hook: the next mask or unmask fails.
     pub fail_next_mask: bool,
 }
 
@@ -584,18 +586,21 @@ impl InterruptStorage for FakeStorage {
         Ok(())
     }
 
-    fn set_msix_masked(
+    fn set_masked(
         &mut self,
         device: DeviceId,
-        index: u32,
+        slot: StorageSlot,
         masked: bool,
     ) -> Result<(), StorageError> {
         let mut s = self.0.borrow_mut();
-        s.check(device, StorageSlot::MsiX(index))?;
+        s.check(device, slot)?;
+        if slot == StorageSlot::Msi {
+            return Err(StorageError::NotMaskable { device, slot });
+        }
         if std::mem::take(&mut s.fail_next_mask) {
             return Err(StorageError::NoSuchDevice(device));
         }
-        s.msix_masked.insert((device, index), masked);
+        s.masked.insert((device, slot), masked);
         Ok(())
     }
 
@@ -627,7 +632,7 @@ pub enum Fire {
     Spurious(CpuId, u8),
     /// The storage holds no message (never written).
     NoMessage,
-    /// MSI-X entry masked or MSI disabled: the device does not send.
+    /// MSI-X or IMS entry masked, or MSI disabled: the device does not send.
     Masked,
     /// The IRTE blocks it (reserved, deactivated, or absent).
     Blocked,
@@ -702,9 +707,7 @@ impl World {
                     Some(&n) if u32::from(sub) < n => {}
                     _ => return Fire::Masked,
                 },
-                StorageSlot::MsiX(i)
-                    if s.msix_masked.get(&(device, i)).copied().unwrap_or(true) =>
-                {
+                _ if s.masked.get(&(device, slot)).copied().unwrap_or(true) => {
                     return Fire::Masked;
                 }
                 _ => {}
