@@ -62,6 +62,8 @@ pub enum Format {
     InfoLeaf,
     /// The register binding's `RAX`.
     Rax,
+    /// The reference guest's discovery over hostile CPUID leaves.
+    GuestDiscovery,
 }
 
 /// What a decode target found wrong.
@@ -335,7 +337,108 @@ pub fn decode_wire(data: &[u8]) -> Result<DecodeReport, DecodeFinding> {
     r.saw(info_leaf(regs)?);
     let base = input.u32();
     let _ = discovery::is_vir_base(regs[0], regs[1], regs[2], regs[3], base);
+    guest_discovery(&mut input, &mut r)?;
     Ok(r)
+}
+
+/// CPUID as a hostile or broken hypervisor answers it: leaf 1's ECX, one candidate base leaf and
+/// its info leaf from the input, zeros elsewhere. Every leaf read is logged.
+struct HostileCpuid {
+    ecx1: u32,
+    base: u32,
+    base_regs: [u32; 4],
+    info_regs: [u32; 4],
+    reads: Vec<u32>,
+}
+
+impl vir_guest::Cpuid for HostileCpuid {
+    fn cpuid(&mut self, leaf: u32, _subleaf: u32) -> vir_guest::CpuidResult {
+        self.reads.push(leaf);
+        let [eax, ebx, ecx, edx] = match leaf {
+            1 => [0, 0, self.ecx1, 0],
+            l if l == self.base => self.base_regs,
+            l if Some(l) == self.base.checked_add(discovery::CPUID_INFO_OFFSET) => self.info_regs,
+            _ => [0; 4],
+        };
+        vir_guest::CpuidResult { eax, ebx, ecx, edx }
+    }
+}
+
+/// The reference guest's discovery (VIR-DISC-G-001/002) over hostile CPUID leaves: no panic,
+/// no hypervisor leaf read without CPUID.1:ECX\[31\], and vIR reported present only for an exact
+/// signature, an EAX reaching the info leaf, a decodable info leaf and a range holding version 1.
+fn guest_discovery(input: &mut Input<'_>, r: &mut DecodeReport) -> Result<(), DecodeFinding> {
+    use vir_guest::{Platform, discover};
+    let ecx1 = input.u32();
+    let k = u32::from(input.u8());
+    let base = discovery::CPUID_RANGE_FIRST + k * discovery::CPUID_STRIDE;
+    let mut cpu = HostileCpuid {
+        ecx1,
+        base,
+        base_regs: [input.u32(), input.u32(), input.u32(), input.u32()],
+        info_regs: [input.u32(), input.u32(), input.u32(), input.u32()],
+        reads: Vec::new(),
+    };
+    let found = discover(&mut cpu);
+    let wrong = |check| DecodeFinding::Inconsistent {
+        format: Format::GuestDiscovery,
+        check,
+        input: u128::from(base),
+    };
+    if ecx1 & discovery::CPUID1_ECX_HYPERVISOR == 0 {
+        if found != Ok(Platform::BareMetal) || cpu.reads != [1] {
+            return Err(wrong(
+                "hypervisor leaves read or vIR found without CPUID.1:ECX[31]",
+            ));
+        }
+        r.saw(false);
+        return Ok(());
+    }
+    let [eax, ebx, ecx, edx] = cpu.base_regs;
+    let signed = discovery::is_vir_base(eax, ebx, ecx, edx, base);
+    match found {
+        Ok(Platform::Vir(iface)) => {
+            let [ia, ib, ic, id] = cpu.info_regs;
+            let info = InfoLeaf::decode(ia, ib, ic, id);
+            let ok = signed
+                && iface.base == base
+                && iface.max_leaf == eax
+                && info == Ok(iface.info)
+                && iface.info.min_version <= vir_abi::VIR_VERSION_1
+                && vir_abi::VIR_VERSION_1 <= iface.info.max_version;
+            if !ok {
+                return Err(wrong("vIR reported for leaves that do not qualify"));
+            }
+            let port = input.u16();
+            let count = input.u32();
+            let allowed = iface.user_io_grant_allowed(port, count);
+            if let Some(db) = iface.doorbell_ports() {
+                let (s, e) = (u64::from(port), u64::from(port) + u64::from(count));
+                let overlaps = count != 0 && s < u64::from(db.end) && u64::from(db.start) < e;
+                if allowed == overlaps {
+                    return Err(wrong(
+                        "user I/O grant over the doorbell ports (VIR-CALL-G-003)",
+                    ));
+                }
+            }
+            r.saw(true);
+        }
+        Ok(Platform::HypervisorWithoutVir) => {
+            if signed {
+                return Err(wrong("a qualifying signature was missed"));
+            }
+            r.saw(false);
+        }
+        Ok(Platform::BareMetal) => return Err(wrong("bare metal reported with ECX[31] set")),
+        Err(e) => {
+            if !signed {
+                return Err(wrong("an error for leaves without the signature"));
+            }
+            show(&e);
+            r.saw(false);
+        }
+    }
+    Ok(())
 }
 
 fn info_leaf([eax, ebx, ecx, edx]: [u32; 4]) -> Result<bool, DecodeFinding> {
@@ -662,8 +765,14 @@ mod tests {
     #[test]
     fn every_wire_structure_decodes_from_its_own_length() {
         let r = decode_wire(&[0u8; 64]).unwrap();
-        assert_eq!(r.attempted, 14, "13 structures and the info leaf");
-        assert_eq!(r.decoded, 13, "an all-zero info leaf has min_version 0");
+        assert_eq!(
+            r.attempted, 15,
+            "13 structures, the info leaf, the guest's discovery"
+        );
+        assert_eq!(
+            r.decoded, 13,
+            "an all-zero info leaf has min_version 0; bare metal"
+        );
     }
 
     #[test]
@@ -689,9 +798,32 @@ mod tests {
         let r = decode_wire(&bytes).unwrap();
         assert_eq!(
             (r.attempted, r.decoded),
-            (14, 14),
-            "every structure and the leaf"
+            (15, 14),
+            "every structure and the leaf; bare metal for the guest (ECX[31] clear)"
         );
+    }
+
+    #[test]
+    fn the_guest_finds_vir_only_behind_a_qualifying_base_leaf() {
+        // VIR-DISC-G-001/002, VIR-CALL-G-003: hypervisor bit, base 0x4000_0100 with the
+        // signature, info leaf 1..=1 with the doorbell at 0x5650; a grant of 0x5654..0x5658
+        // would cover doorbell ports and is refused.
+        let [sb, sc, sd] = vir_abi::discovery::signature_regs();
+        let mut e = Encoder::new();
+        e.bytes(&[0u8; 32]); // RAX, status, registers, base: all zero
+        e.u32(1 << 31).u8(1);
+        e.u32(0x4000_0101).u32(sb).u32(sc).u32(sd);
+        e.u32(0x0001_0001).u32(0b101).u32(0x5650).u32(0);
+        e.u16(0x5654).u32(4);
+        let r = decode_wire(&e.finish()).unwrap();
+        assert_eq!((r.attempted, r.decoded), (15, 14));
+        // The same with EAX short of the info leaf: no vIR, no finding.
+        let mut e = Encoder::new();
+        e.bytes(&[0u8; 32]); // RAX, status, registers, base: all zero
+        e.u32(1 << 31).u8(1);
+        e.u32(0x4000_0100).u32(sb).u32(sc).u32(sd);
+        let r = decode_wire(&e.finish()).unwrap();
+        assert_eq!((r.attempted, r.decoded), (15, 13));
     }
 
     #[test]

@@ -102,6 +102,11 @@ fn seeds_reach_what_they_are_named_for() {
         panic!("toctou outcome")
     };
     assert_eq!(r.watched_reads, 2);
+    let Outcome::Decode(r) = run(Target::DecodeWire, "guest-discovery-doorbell") else {
+        panic!("decode_wire outcome")
+    };
+    // 13 structures and the guest's discovery (vIR found); the register part's info leaf is 0.
+    assert_eq!((r.attempted, r.decoded), (15, 14));
     let Outcome::Decode(r) = run(Target::DecodeHw, "vtd-remappable-posted") else {
         panic!("decode_hw outcome")
     };
