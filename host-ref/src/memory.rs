@@ -47,7 +47,7 @@ impl RequestCopy {
     }
 }
 
-/// Step 3 of VIR-CALL-H-001: the buffer rules, in the notes' order; `exclude` is a further guest
+/// Step 3 of VIR-CALL-H-001: the buffer rules, in the specification's order; `exclude` is a further guest
 /// range neither buffer may overlap (the doorbell block). Lengths were checked (step 2), so both
 /// are at most [`MAX_BUFFER_LEN`].
 pub(crate) fn check_buffers<M: GuestMemory + ?Sized>(

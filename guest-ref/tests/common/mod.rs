@@ -4,7 +4,7 @@
 //!
 //! The host model is deliberately small (one VT-d-like table, no physical side) — it is not the
 //! reference host (`vir-host`), only an oracle for the guest's behaviour. It follows the
-//! validation orders of the notes, so a guest that sends a malformed call sees the status a
+//! validation orders of the specification (spec/vir-v1.md), so a guest that sends a malformed call sees the status a
 //! conforming host would return.
 #![allow(dead_code)]
 
