@@ -37,12 +37,8 @@ use crate::domain::{
     Activation, AllocationId, DomainError, IrSlot, IrqTarget, RemapDomain, VectorState,
 };
 
-/// VT-d global command register bit 25: interrupt remapping enable.
-pub const GCMD_IRE: u32 = 1 << 25;
-/// VT-d global command register bit 24: set interrupt remapping table pointer.
-pub const GCMD_SIRTP: u32 = 1 << 24;
-/// VT-d global command register bit 23: compatibility format interrupts (clear: blocked).
-pub const GCMD_CFI: u32 = 1 << 23;
+/// The VT-d global command register bits, defined once in the ABI crate.
+pub use vir_abi::hw::vtd::{GCMD_CFI, GCMD_IRE, GCMD_SIRTP};
 
 /// A remapping-unit access that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -993,8 +993,24 @@ impl fmt::Display for VtdFaultReason {
     }
 }
 
+/// Global command register (GCMD) bit 25: interrupt remapping enable (status GSTS.IRES).
+pub const GCMD_IRE: u32 = 1 << 25;
+/// Global command register bit 24: set interrupt remapping table pointer (latches IRTA).
+pub const GCMD_SIRTP: u32 = 1 << 24;
+/// Global command register bit 23: compatibility format interrupts pass (status GSTS.CFIS);
+/// clear means compatibility-format interrupts are blocked once remapping is on.
+pub const GCMD_CFI: u32 = 1 << 23;
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn gcmd_bits_ire_25_sirtp_24_cfi_23() {
+        assert_eq!(GCMD_IRE, 0x0200_0000);
+        assert_eq!(GCMD_SIRTP, 0x0100_0000);
+        assert_eq!(GCMD_CFI, 0x0080_0000);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

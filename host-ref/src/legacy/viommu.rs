@@ -39,12 +39,8 @@ use vir_abi::hw::vtd::{
     VtdFaultReason, VtdMsiError,
 };
 
-/// Global command register bit 25: interrupt remapping enable (status GSTS.IRES).
-pub const GCMD_IRE: u32 = 1 << 25;
-/// Global command register bit 24: set interrupt remapping table pointer (latch IRTA).
-pub const GCMD_SIRTP: u32 = 1 << 24;
-/// Global command register bit 23: compatibility format interrupts pass (status GSTS.CFIS).
-pub const GCMD_CFI: u32 = 1 << 23;
+/// The VT-d global command register bits, defined once in the ABI crate.
+pub use vir_abi::hw::vtd::{GCMD_CFI, GCMD_IRE, GCMD_SIRTP};
 
 /// Largest index mask of an index-selective invalidation that still names a block of the
 /// 16-bit index space; larger masks invalidate everything.
