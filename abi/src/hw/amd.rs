@@ -40,20 +40,30 @@ pub struct AmdMsi {
 impl AmdMsi {
     /// The largest index (2048-entry tables).
     pub const MAX_INDEX: u16 = 0x7FF;
+    /// The first index that needs address bit 2 (DM) set: with DM clear the IOMMU reads data
+    /// bits 10:8 as the message type (fixed 000b, arbitrated 001b; SMI, NMI, INIT and ExtInt
+    /// are not remapped), so only indices below `0x200` are remapped. Linux sets DM on IOMMUs
+    /// with 2K interrupt remapping support; QEMU's AMD-Vi passes the message through by type.
+    pub const FIRST_DM_INDEX: u16 = 0x200;
     /// Data bits that carry the index (10:0); the rest are treated as reserved.
     pub const DATA_INDEX_MASK: u32 = 0x7FF;
 
-    /// Encodes the message; the index must be ≤ 2047.
+    /// Encodes the message; the index must be ≤ 2047, and an index of
+    /// [`AmdMsi::FIRST_DM_INDEX`] or more needs `address_dm`.
     pub const fn encode(&self) -> Result<MsiMessage, AmdMsiError> {
         if self.index > Self::MAX_INDEX {
             return Err(AmdMsiError::IndexOutOfRange(self.index));
+        }
+        if self.index >= Self::FIRST_DM_INDEX && !self.address_dm {
+            return Err(AmdMsiError::IndexNeedsDm(self.index));
         }
         let address = MSI_ADDRESS_BASE | if self.address_dm { ADDRESS_DM } else { 0 };
         Ok(MsiMessage::new(address, 0, self.index as u32))
     }
 
     /// Decodes a message: high address 0, low address `0xFEE00000` or `0xFEE00004`, data bits
-    /// 31:11 clear.
+    /// 31:11 clear, and with DM clear an index below [`AmdMsi::FIRST_DM_INDEX`] (data bits 10:8
+    /// are then the message type, and only fixed and arbitrated messages are remapped).
     pub const fn decode(msg: MsiMessage) -> Result<Self, AmdMsiError> {
         if msg.address_hi != 0 {
             return Err(AmdMsiError::AddressHighNonZero(msg.address_hi));
@@ -65,10 +75,12 @@ impl AmdMsi {
         if reserved != 0 {
             return Err(AmdMsiError::DataReservedBits(reserved));
         }
-        Ok(Self {
-            index: msg.data as u16,
-            address_dm: msg.address_lo & ADDRESS_DM != 0,
-        })
+        let address_dm = msg.address_lo & ADDRESS_DM != 0;
+        let index = msg.data as u16;
+        if !address_dm && index >= Self::FIRST_DM_INDEX {
+            return Err(AmdMsiError::IndexNeedsDm(index));
+        }
+        Ok(Self { index, address_dm })
     }
 }
 
@@ -83,6 +95,9 @@ pub enum AmdMsiError {
     DataReservedBits(u32),
     /// Encode: the index (carried) exceeds 2047.
     IndexOutOfRange(u16),
+    /// The index (carried) is `0x200` or more and address bit 2 (DM) is clear: data bits 10:8
+    /// then give a message type other than fixed or arbitrated, which is not remapped.
+    IndexNeedsDm(u16),
 }
 
 impl fmt::Display for AmdMsiError {
@@ -104,6 +119,11 @@ impl fmt::Display for AmdMsiError {
             Self::IndexOutOfRange(index) => {
                 write!(f, "AMD-Vi IRTE index {index} exceeds 2047")
             }
+            Self::IndexNeedsDm(index) => write!(
+                f,
+                "AMD-Vi IRTE index {index:#x} is 0x200 or more and address bit 2 (DM) is clear: data bits 10:8 ({}) are read as the message type, not remapped; set address_dm (2048-entry tables)",
+                (index >> 8) & 7
+            ),
         }
     }
 }
@@ -116,6 +136,34 @@ impl fmt::Display for AmdMsiError {
 pub const INT_TYPE_FIXED: u8 = 0;
 /// IntType 1: arbitrated (lowest priority).
 pub const INT_TYPE_ARBITRATED: u8 = 1;
+
+/// The name of an IRTE IntType value: `fixed` and `arbitrated` are the only types a remapped
+/// entry delivers; 2 (SMI), 4 (NMI), 5 (INIT) and 7 (ExtInt) are message types the IOMMU
+/// passes through by the device table entry, not remaps, and 3 and 6 are reserved. QEMU's
+/// AMD-Vi aborts an interrupt whose IRTE IntType is neither fixed nor arbitrated; vIR hosts
+/// write fixed (VIR-FMT-H-006).
+pub const fn int_type_name(int_type: u8) -> &'static str {
+    match int_type {
+        INT_TYPE_FIXED => "fixed",
+        INT_TYPE_ARBITRATED => "arbitrated",
+        2 => "smi (not remapped)",
+        4 => "nmi (not remapped)",
+        5 => "init (not remapped)",
+        7 => "extint (not remapped)",
+        _ => "reserved",
+    }
+}
+
+/// Whether an IRTE IntType is one a remapped entry delivers (fixed or arbitrated).
+pub const fn int_type_is_remappable(int_type: u8) -> bool {
+    int_type == INT_TYPE_FIXED || int_type == INT_TYPE_ARBITRATED
+}
+
+/// Linux's marker for an allocated but not yet programmed 32-bit IRTE (`IRTE_ALLOCATED`,
+/// `~1U` in `drivers/iommu/amd/iommu.c`): RemapEn = 0, so the IOMMU does not remap through
+/// it; the other bits are Linux's bookkeeping, not an entry. (Linux marks an allocated 128-bit
+/// entry with all-zero words and vector `0xFF`, which decodes as a not-remapping entry.)
+pub const IRTE32_LINUX_ALLOCATED: u32 = 0xFFFF_FFFE;
 
 /// Layout of a 32-bit AMD-Vi IRTE (Linux `union irte`).
 ///
@@ -180,8 +228,12 @@ pub struct AmdIrte32Entry {
 }
 
 impl AmdIrte32Entry {
-    /// Decodes a 32-bit entry: GuestMode (bit 7) and bits 31:24 must be 0.
+    /// Decodes a 32-bit entry: GuestMode (bit 7) and bits 31:24 must be 0; Linux's
+    /// [`IRTE32_LINUX_ALLOCATED`] marker is reported as [`AmdIrteError::LinuxAllocated`].
     pub const fn decode(raw: u32) -> Result<Self, AmdIrteError> {
+        if raw == IRTE32_LINUX_ALLOCATED {
+            return Err(AmdIrteError::LinuxAllocated);
+        }
         let b = AmdIrte32::from_u32(raw);
         if b.guest_mode() {
             return Err(AmdIrteError::GuestModeIn32BitIrte(raw));
@@ -512,6 +564,9 @@ pub enum AmdIrteError {
     },
     /// Encode: the vAPIC backing page address (carried) is not 4 KiB aligned.
     MisalignedBackingPage(u64),
+    /// Decode: the 32-bit entry is Linux's [`IRTE32_LINUX_ALLOCATED`] marker (allocated, not
+    /// programmed, RemapEn = 0), not an entry.
+    LinuxAllocated,
 }
 
 impl fmt::Display for AmdIrteError {
@@ -537,6 +592,9 @@ impl fmt::Display for AmdIrteError {
             Self::MisalignedBackingPage(addr) => write!(
                 f,
                 "AMD-Vi vAPIC backing page {addr:#x} is not 4 KiB aligned"
+            ),
+            Self::LinuxAllocated => f.write_str(
+                "AMD-Vi 32-bit IRTE 0xfffffffe is Linux's IRTE_ALLOCATED marker: allocated, not programmed (RemapEn = 0, nothing is remapped through it)",
             ),
         }
     }
@@ -597,14 +655,57 @@ mod tests {
     #[test]
     fn amd_msi_index_in_data_bits_10_0() {
         let m = AmdMsi {
-            index: 0x7FF,
+            index: 0x1FF,
             address_dm: false,
         };
-        assert_eq!(m.encode(), Ok(MsiMessage::new(0xFEE0_0000, 0, 0x7FF)));
+        assert_eq!(m.encode(), Ok(MsiMessage::new(0xFEE0_0000, 0, 0x1FF)));
         assert_eq!(
-            AmdMsi::decode(MsiMessage::new(0xFEE0_0000, 0, 0x7FF)),
+            AmdMsi::decode(MsiMessage::new(0xFEE0_0000, 0, 0x1FF)),
             Ok(m)
         );
+        let m = AmdMsi {
+            index: 0x7FF,
+            address_dm: true,
+        };
+        assert_eq!(m.encode(), Ok(MsiMessage::new(0xFEE0_0004, 0, 0x7FF)));
+        assert_eq!(
+            AmdMsi::decode(MsiMessage::new(0xFEE0_0004, 0, 0x7FF)),
+            Ok(m)
+        );
+    }
+
+    #[test]
+    fn amd_msi_index_0x200_and_up_needs_dm() {
+        let m = AmdMsi {
+            index: 0x345,
+            address_dm: false,
+        };
+        assert_eq!(m.encode(), Err(AmdMsiError::IndexNeedsDm(0x345)));
+        assert_eq!(
+            AmdMsi::decode(MsiMessage::new(0xFEE0_0000, 0, 0x345)),
+            Err(AmdMsiError::IndexNeedsDm(0x345))
+        );
+        let m = AmdMsi {
+            address_dm: true,
+            ..m
+        };
+        assert_eq!(m.encode(), Ok(MsiMessage::new(0xFEE0_0004, 0, 0x345)));
+    }
+
+    #[test]
+    fn irte32_linux_allocated_marker_and_int_types() {
+        assert_eq!(
+            AmdIrte32Entry::decode(IRTE32_LINUX_ALLOCATED),
+            Err(AmdIrteError::LinuxAllocated)
+        );
+        assert!(int_type_is_remappable(INT_TYPE_FIXED));
+        assert!(int_type_is_remappable(INT_TYPE_ARBITRATED));
+        for t in 2..8 {
+            assert!(!int_type_is_remappable(t));
+        }
+        assert_eq!(int_type_name(3), "reserved");
+        assert_eq!(int_type_name(6), "reserved");
+        assert_eq!(int_type_name(4), "nmi (not remapped)");
     }
 
     #[test]
@@ -991,7 +1092,7 @@ mod tests {
     proptest! {
         #[test]
         fn amd_msi_round_trip(index in 0u16..=0x7FF, address_dm in any::<bool>()) {
-            let m = AmdMsi { index, address_dm };
+            let m = AmdMsi { index, address_dm: address_dm || index >= AmdMsi::FIRST_DM_INDEX };
             prop_assert_eq!(AmdMsi::decode(m.encode().unwrap()), Ok(m));
         }
 
@@ -1004,6 +1105,7 @@ mod tests {
                 Err(AmdMsiError::AddressHighNonZero(v)) => prop_assert!(v == hi && v != 0),
                 Err(AmdMsiError::BadAddress(v)) => prop_assert!(v == lo && lo & !4 != 0xFEE0_0000),
                 Err(AmdMsiError::DataReservedBits(v)) => prop_assert!(v != 0 && v == data & !0x7FF),
+                Err(AmdMsiError::IndexNeedsDm(v)) => prop_assert!(lo & 4 == 0 && v >= 0x200 && u32::from(v) == data),
                 Err(e) => prop_assert!(false, "unexpected {e:?}"),
             }
         }

@@ -38,7 +38,8 @@ pub use amd::{
     AmdMsiError, AmdRemapIrte,
 };
 pub use msi::{
-    CompatAddress, CompatData, CompatMsi, DeliveryMode, MessageKind, MsiError, MsiMessage, classify,
+    CompatAddress, CompatData, CompatMsi, DeliveryMode, DestForm, MessageKind, MsiError,
+    MsiMessage, classify,
 };
 pub use posted::{Pir, PostedDescriptor, PostedError};
 pub use vtd::{

@@ -296,6 +296,107 @@ impl CompatMsi {
     }
 }
 
+/// High-address bits that carry x2APIC destination bits 31:8 in the [`DestForm::HighAddress`]
+/// form (address bits 63:40); high-address bits 7:0 stay reserved.
+pub const ADDRESS_HI_DEST_MASK: u32 = 0xFFFF_FF00;
+
+/// Where a compatibility-format message carries its destination APIC ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum DestForm {
+    /// APIC ID 7:0 in address bits 19:12 (APIC IDs up to 255).
+    Xapic,
+    /// Extended destination ID (`KVM_FEATURE_MSI_EXT_DEST_ID`): APIC ID bits 14:8 in address
+    /// bits 11:5 (APIC IDs up to 32767).
+    ExtDestId,
+    /// x2APIC high-address form: APIC ID bits 31:8 in high-address bits 31:8 (address bits
+    /// 63:40), bits 7:0 in address bits 19:12. QEMU's emulated IOMMUs emit it for every
+    /// remapped interrupt and Linux composes the IOMMU's own interrupts with it
+    /// (`arch_addr_hi.destid_8_31`).
+    HighAddress,
+}
+
+impl DestForm {
+    /// The form a message uses: [`DestForm::HighAddress`] when the high address is nonzero,
+    /// [`DestForm::ExtDestId`] when address bits 11:5 are nonzero and `ext_dest_id` is
+    /// offered, else [`DestForm::Xapic`].
+    pub const fn of(msg: MsiMessage, ext_dest_id: bool) -> Self {
+        if msg.address_hi != 0 {
+            Self::HighAddress
+        } else if ext_dest_id && CompatAddress::from_u32(msg.address_lo).ext_dest_id() != 0 {
+            Self::ExtDestId
+        } else {
+            Self::Xapic
+        }
+    }
+
+    /// The largest APIC ID the form addresses.
+    pub const fn max_dest_id(self) -> u32 {
+        match self {
+            Self::Xapic => MAX_DEST_ID,
+            Self::ExtDestId => MAX_EXT_DEST_ID,
+            Self::HighAddress => u32::MAX,
+        }
+    }
+
+    /// A short name (`xapic`, `ext-dest-id`, `x2apic-high-address`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Xapic => "xapic",
+            Self::ExtDestId => "ext-dest-id",
+            Self::HighAddress => "x2apic-high-address",
+        }
+    }
+}
+
+impl CompatMsi {
+    /// Encodes the message in `form`. [`DestForm::Xapic`] and [`DestForm::ExtDestId`] are
+    /// [`CompatMsi::encode`] without and with the extended destination ID;
+    /// [`DestForm::HighAddress`] puts APIC ID bits 31:8 in the high address (any 32-bit ID).
+    pub fn encode_form(&self, form: DestForm) -> Result<MsiMessage, MsiError> {
+        match form {
+            DestForm::Xapic => self.encode(false),
+            DestForm::ExtDestId => self.encode(true),
+            DestForm::HighAddress => {
+                let low = Self {
+                    dest_id: self.dest_id & MAX_DEST_ID,
+                    ..*self
+                };
+                let msg = low.encode(false)?;
+                Ok(MsiMessage::new(
+                    msg.address_lo,
+                    self.dest_id & ADDRESS_HI_DEST_MASK,
+                    msg.data,
+                ))
+            }
+        }
+    }
+
+    /// Decodes a message in any compatibility form: [`DestForm::of`] picks the form, then
+    /// the checks of [`CompatMsi::decode`] apply to the low address and data. In the
+    /// high-address form, high-address bits 7:0 must be clear and address bits 11:5 must be
+    /// clear (the two extensions are not combined).
+    pub fn decode_form(msg: MsiMessage, ext_dest_id: bool) -> Result<(Self, DestForm), MsiError> {
+        let form = DestForm::of(msg, ext_dest_id);
+        if form != DestForm::HighAddress {
+            return Self::decode(msg, ext_dest_id).map(|m| (m, form));
+        }
+        let reserved = msg.address_hi & !ADDRESS_HI_DEST_MASK;
+        if reserved != 0 {
+            return Err(MsiError::AddressHighReservedBits(reserved));
+        }
+        let low = MsiMessage::new(msg.address_lo, 0, msg.data);
+        let m = Self::decode(low, false)?;
+        Ok((
+            Self {
+                dest_id: m.dest_id | msg.address_hi,
+                ..m
+            },
+            form,
+        ))
+    }
+}
+
 /// The two x86 MSI address formats, told apart by address bit 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -328,6 +429,8 @@ pub fn classify(msg: MsiMessage) -> Result<MessageKind, MsiError> {
 pub enum MsiError {
     /// The high address (carried) is not 0.
     AddressHighNonZero(u32),
+    /// High-address bits 7:0 (the set bits carried) are set in the x2APIC high-address form.
+    AddressHighReservedBits(u32),
     /// Address bits 31:20 of the low address (carried) are not `0xFEE`.
     BadAddressBase(u32),
     /// Address bit 4 is set: the message (low address carried) is in the remappable format.
@@ -353,7 +456,14 @@ pub enum MsiError {
 impl fmt::Display for MsiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::AddressHighNonZero(hi) => write!(f, "MSI high address {hi:#010x} is not 0"),
+            Self::AddressHighNonZero(hi) => write!(
+                f,
+                "MSI high address {hi:#010x} is not 0 (a compatibility message with x2APIC destination bits 31:8 there is decoded as msi or msi-compat)"
+            ),
+            Self::AddressHighReservedBits(bits) => write!(
+                f,
+                "MSI high address bits 7:0 ({bits:#x}) are set; only bits 31:8 carry x2APIC destination bits 31:8"
+            ),
             Self::BadAddressBase(lo) => {
                 write!(
                     f,
@@ -530,6 +640,44 @@ mod tests {
         let msg = fixed(3, 0x41).encode(false).unwrap();
         assert_eq!(msg, MsiMessage::new(0xFEE0_3000, 0, 0x0000_0041));
         assert_eq!(CompatMsi::decode(msg, false), Ok(fixed(3, 0x41)));
+    }
+
+    #[test]
+    fn high_address_form_qemu_apic_id_0x1234() {
+        // QEMU: address 0x00001200_fee34000, data 0x4045 for APIC ID 0x1234, vector 0x45.
+        let msg = MsiMessage::new(0xFEE3_4000, 0x1200, 0x4045);
+        let (m, form) = CompatMsi::decode_form(msg, false).expect("decodes");
+        assert_eq!(form, DestForm::HighAddress);
+        assert_eq!(m.dest_id, 0x1234);
+        assert_eq!(m.vector, 0x45);
+        assert!(m.level_assert);
+        assert_eq!(m.encode_form(DestForm::HighAddress), Ok(msg));
+        assert_eq!(
+            CompatMsi::decode_form(MsiMessage::new(0xFEE3_4000, 0x1201, 0x4045), false),
+            Err(MsiError::AddressHighReservedBits(1))
+        );
+        assert_eq!(
+            CompatMsi::decode_form(MsiMessage::new(0xFEE3_4020, 0x1200, 0x4045), true),
+            Err(MsiError::ExtDestIdNotEnabled(1))
+        );
+        // An ID that fits 8 bits leaves the high address 0: the xAPIC form.
+        let small = CompatMsi { dest_id: 0x12, ..m };
+        let msg = small.encode_form(DestForm::HighAddress).expect("encodes");
+        assert_eq!(msg.address_hi, 0);
+        assert_eq!(
+            CompatMsi::decode_form(msg, false),
+            Ok((small, DestForm::Xapic))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn high_address_form_round_trips(dest_id in any::<u32>(), vector in any::<u8>()) {
+            let m = CompatMsi { dest_id, ..fixed(0, vector) };
+            let msg = m.encode_form(DestForm::HighAddress).expect("any 32-bit ID");
+            let (back, _) = CompatMsi::decode_form(msg, false).expect("decodes");
+            prop_assert_eq!(back, m);
+        }
     }
 
     #[test]
@@ -760,7 +908,7 @@ mod tests {
                         prop_assert!(v == 3 || v == 6);
                         prop_assert_eq!(v as u32, (data >> 8) & 7);
                     }
-                    Err(e @ MsiError::DestinationTooLarge { .. }) => prop_assert!(false, "decode returned {e:?}"),
+                    Err(e @ (MsiError::DestinationTooLarge { .. } | MsiError::AddressHighReservedBits(_))) => prop_assert!(false, "decode returned {e:?}"),
                 }
             }
         }
