@@ -39,12 +39,15 @@ pub struct EncodeArgs {
     /// msi-compat: allow APIC IDs up to 32767 (extended destination ID in address bits 11:5)
     #[arg(long)]
     pub ext_dest_id: bool,
+    /// msi-compat: x2APIC high-address form, APIC ID bits 31:8 in address bits 63:40 (QEMU, Linux IOMMU interrupts)
+    #[arg(long)]
+    pub x2apic_hi: bool,
 }
 
 /// Runs `encode`.
 pub fn run(args: &EncodeArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let ty = types::lookup(&args.ty)?;
-    let opts = ty.options(args.xapic, args.ext_dest_id)?;
+    let opts = ty.options_with(args.xapic, args.ext_dest_id, args.x2apic_hi)?;
     let assignments = parse_assignments(&args.fields)?;
     let report = ty.encode(&assignments, opts)?;
     if args.json {

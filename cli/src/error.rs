@@ -28,6 +28,11 @@ pub enum UsageError {
         ty: String,
         /// The field named on the command line.
         field: String,
+        /// The field names the type accepts.
+        valid: Vec<String>,
+        /// What would make the assignment valid: a close name, or the mode or flag that has
+        /// this field (`im=posted`, `guest_mode=guest`).
+        hint: Option<String>,
     },
     /// An `encode` argument is not of the form `field=value` (carried).
     NotAnAssignment(String),
@@ -58,6 +63,57 @@ pub enum UsageError {
     },
 }
 
+impl UsageError {
+    /// An unknown `field` of `ty`, listing `valid` and suggesting the closest valid name
+    /// (edit distance at most 2, or a name that contains it or is contained in it).
+    pub fn unknown_field(ty: &str, field: &str, valid: &[&str]) -> Self {
+        let hint = closest(field, valid).map(|n| format!("did you mean '{n}'?"));
+        Self::UnknownField {
+            ty: ty.to_owned(),
+            field: field.to_owned(),
+            valid: valid.iter().map(|s| (*s).to_owned()).collect(),
+            hint,
+        }
+    }
+}
+
+/// The name in `valid` closest to `field`, if one is close enough to be a likely typo.
+fn closest<'a>(field: &str, valid: &[&'a str]) -> Option<&'a str> {
+    let f = field.to_ascii_lowercase();
+    valid
+        .iter()
+        .map(|&v| (edit_distance(&f, v), v))
+        .filter(|&(d, v)| d <= 2 || (f.len() >= 3 && (v.contains(f.as_str()) || f.contains(v))))
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, v)| v)
+}
+
+/// Levenshtein distance between two ASCII-ish strings (by `char`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row.first().copied().unwrap_or(0);
+        if let Some(first) = row.first_mut() {
+            *first = i.saturating_add(1);
+        }
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            let above = row.get(j.saturating_add(1)).copied().unwrap_or(usize::MAX);
+            let left = row.get(j).copied().unwrap_or(usize::MAX);
+            let best = prev
+                .saturating_add(cost)
+                .min(above.saturating_add(1))
+                .min(left.saturating_add(1));
+            prev = above;
+            if let Some(cell) = row.get_mut(j.saturating_add(1)) {
+                *cell = best;
+            }
+        }
+    }
+    row.last().copied().unwrap_or(0)
+}
+
 impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -67,7 +123,21 @@ impl fmt::Display for UsageError {
                     "unknown type '{t}' (the types are listed by 'vir decode --help')"
                 )
             }
-            Self::UnknownField { ty, field } => write!(f, "{ty} has no field '{field}'"),
+            Self::UnknownField {
+                ty,
+                field,
+                valid,
+                hint,
+            } => {
+                write!(f, "{ty} has no field '{field}'")?;
+                if let Some(h) = hint {
+                    write!(f, "; {h}")?;
+                }
+                if !valid.is_empty() {
+                    write!(f, " (fields: {})", valid.join(", "))?;
+                }
+                Ok(())
+            }
             Self::NotAnAssignment(a) => {
                 write!(f, "'{a}' is not a field=value assignment")
             }

@@ -68,6 +68,28 @@ impl TypeInfo {
     /// The options for this type from the command-line flags; a flag that does not apply is a
     /// usage error.
     pub fn options(&self, xapic: bool, ext_dest_id: bool) -> Result<Options, UsageError> {
+        self.options_with(xapic, ext_dest_id, false)
+    }
+
+    /// [`TypeInfo::options`] with `--x2apic-hi` (encode of `msi-compat`).
+    pub fn options_with(
+        &self,
+        xapic: bool,
+        ext_dest_id: bool,
+        x2apic_hi: bool,
+    ) -> Result<Options, UsageError> {
+        if x2apic_hi && !matches!(self.kind, TypeKind::Hw(t) if t.takes_x2apic_hi()) {
+            return Err(UsageError::OptionNotApplicable {
+                option: "--x2apic-hi",
+                ty: self.name.clone(),
+            });
+        }
+        if x2apic_hi && ext_dest_id {
+            return Err(UsageError::ConflictingOptions {
+                option: "--x2apic-hi",
+                with: "--ext-dest-id",
+            });
+        }
         let (takes_xapic, takes_ext) = match self.kind {
             TypeKind::Hw(t) => (t.takes_apic_mode(), t.takes_ext_dest_id()),
             TypeKind::Wire(_) => (false, false),
@@ -91,6 +113,7 @@ impl TypeInfo {
                 ApicMode::X2Apic
             },
             ext_dest_id,
+            x2apic_hi,
         })
     }
 

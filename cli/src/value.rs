@@ -45,10 +45,7 @@ pub fn check_known(ty: &str, assignments: &[Assignment], known: &[&str]) -> Resu
         .iter()
         .find(|a| !known.contains(&a.field.as_str()))
     {
-        Some(a) => Err(UsageError::UnknownField {
-            ty: ty.to_owned(),
-            field: a.field.clone(),
-        }),
+        Some(a) => Err(UsageError::unknown_field(ty, &a.field, known)),
         None => Ok(()),
     }
 }
@@ -290,7 +287,9 @@ mod tests {
             check_known("vtd-irte", &a, &["vector"]),
             Err(UsageError::UnknownField {
                 ty: "vtd-irte".into(),
-                field: "vectr".into()
+                field: "vectr".into(),
+                valid: vec!["vector".into()],
+                hint: Some("did you mean 'vector'?".into()),
             })
         );
     }

@@ -465,11 +465,7 @@ pub fn encode(ty: &str, desc: &StructDesc, assignments: &[Assignment]) -> Result
     let mut bytes = vec![0u8; desc.size];
     for a in assignments {
         let Some(f) = fields.iter().find(|f| f.path == a.field) else {
-            return Err(UsageError::UnknownField {
-                ty: ty.to_owned(),
-                field: a.field.clone(),
-            }
-            .into());
+            return Err(UsageError::unknown_field(ty, &a.field, &names).into());
         };
         let end = f.offset.saturating_add(f.size);
         let Some(target) = bytes.get_mut(f.offset..end) else {

@@ -1,18 +1,21 @@
 //! Interrupt remapping table entries (VT-d and AMD-Vi) and the VT-d IRTA register.
 
-use vir_abi::hw::amd::{INT_TYPE_ARBITRATED, INT_TYPE_FIXED};
+use vir_abi::hw::amd::{
+    INT_TYPE_ARBITRATED, INT_TYPE_FIXED, int_type_is_remappable, int_type_name,
+};
 use vir_abi::hw::{
-    AmdGuestIrte, AmdIrte32Entry, AmdIrte128, AmdRemapIrte, ApicMode, Irta, Irte, IrteRaw,
-    LengthError, PostedIrte, RemappedIrte, Svt,
+    AmdGuestIrte, AmdIrte32Entry, AmdIrte128, AmdIrteError, AmdRemapIrte, ApicMode, Irta, Irte,
+    IrteRaw, LengthError, PostedIrte, RemappedIrte, Svt,
 };
 
 use super::{
     FieldSpec, HwError, HwErrorKind, HwType, Options, Values, delivery_mode_name,
     delivery_mode_names, dest_mode_name, dest_mode_names, le_u128, trigger_name, trigger_names,
+    with_mode_hint,
 };
 use crate::error::CliError;
 use crate::report::{Line, Position, Report, Value};
-use crate::value::{Assignment, parse_value};
+use crate::value::{Assignment, ValueError, ValueProblem, parse_value};
 
 /// Names of the IM bit.
 fn im_names(text: &str) -> Option<u128> {
@@ -53,16 +56,22 @@ fn guest_mode_names(text: &str) -> Option<u128> {
 
 /// Fields of a remapped VT-d IRTE (IM = 0).
 pub const VTD_REMAPPED_FIELDS: &[FieldSpec] = &[
-    FieldSpec::flag("im").named(im_names),
+    FieldSpec::flag("im").named(im_names).kernel("p_pst"),
     FieldSpec::flag("present"),
     FieldSpec::flag("fpd"),
-    FieldSpec::flag("dest_mode_logical").named(dest_mode_names),
-    FieldSpec::flag("redirection_hint"),
-    FieldSpec::flag("trigger_level").named(trigger_names),
-    FieldSpec::num("delivery_mode", 7).named(delivery_mode_names),
+    FieldSpec::flag("dest_mode_logical")
+        .named(dest_mode_names)
+        .kernel("dst_mode"),
+    FieldSpec::flag("redirection_hint").kernel("redir_hint"),
+    FieldSpec::flag("trigger_level")
+        .named(trigger_names)
+        .kernel("trigger_mode"),
+    FieldSpec::num("delivery_mode", 7)
+        .named(delivery_mode_names)
+        .kernel("dlvry_mode"),
     FieldSpec::num("avail", 0xF),
     FieldSpec::num("vector", 0xFF),
-    FieldSpec::num("dest", u32::MAX as u128),
+    FieldSpec::num("dest", u32::MAX as u128).kernel("dest_id"),
     FieldSpec::num("sid", 0xFFFF),
     FieldSpec::num("sq", 3),
     FieldSpec::num("svt", 3).named(svt_names),
@@ -70,12 +79,12 @@ pub const VTD_REMAPPED_FIELDS: &[FieldSpec] = &[
 
 /// Fields of a posted VT-d IRTE (IM = 1).
 pub const VTD_POSTED_FIELDS: &[FieldSpec] = &[
-    FieldSpec::flag("im").named(im_names),
-    FieldSpec::flag("present"),
-    FieldSpec::flag("fpd"),
-    FieldSpec::num("avail", 0xF),
-    FieldSpec::flag("urgent"),
-    FieldSpec::num("vector", 0xFF),
+    FieldSpec::flag("im").named(im_names).kernel("p_pst"),
+    FieldSpec::flag("present").kernel("p_present"),
+    FieldSpec::flag("fpd").kernel("p_fpd"),
+    FieldSpec::num("avail", 0xF).kernel("p_avail"),
+    FieldSpec::flag("urgent").kernel("p_urgent"),
+    FieldSpec::num("vector", 0xFF).kernel("p_vector"),
     FieldSpec::num("pda", u64::MAX as u128),
     FieldSpec::num("sid", 0xFFFF),
     FieldSpec::num("sq", 3),
@@ -91,11 +100,13 @@ pub const IRTA_FIELDS: &[FieldSpec] = &[
 
 /// Fields of a 32-bit AMD-Vi IRTE.
 pub const AMD32_FIELDS: &[FieldSpec] = &[
-    FieldSpec::flag("remap_en"),
-    FieldSpec::flag("sup_iopf"),
+    FieldSpec::flag("remap_en").kernel("valid"),
+    FieldSpec::flag("sup_iopf").kernel("no_fault"),
     FieldSpec::num("int_type", 7).named(int_type_names),
     FieldSpec::flag("rq_eoi"),
-    FieldSpec::flag("dest_mode_logical").named(dest_mode_names),
+    FieldSpec::flag("dest_mode_logical")
+        .named(dest_mode_names)
+        .kernel("dm"),
     FieldSpec::num("destination", 0xFF),
     FieldSpec::num("vector", 0xFF),
 ];
@@ -103,11 +114,13 @@ pub const AMD32_FIELDS: &[FieldSpec] = &[
 /// Fields of a 128-bit AMD-Vi IRTE in remapped mode (GuestMode = 0).
 pub const AMD128_REMAP_FIELDS: &[FieldSpec] = &[
     FieldSpec::flag("guest_mode").named(guest_mode_names),
-    FieldSpec::flag("remap_en"),
-    FieldSpec::flag("sup_iopf"),
+    FieldSpec::flag("remap_en").kernel("valid"),
+    FieldSpec::flag("sup_iopf").kernel("no_fault"),
     FieldSpec::num("int_type", 7).named(int_type_names),
     FieldSpec::flag("rq_eoi"),
-    FieldSpec::flag("dest_mode_logical").named(dest_mode_names),
+    FieldSpec::flag("dest_mode_logical")
+        .named(dest_mode_names)
+        .kernel("dm"),
     FieldSpec::num("destination", u32::MAX as u128),
     FieldSpec::num("vector", 0xFF),
 ];
@@ -115,14 +128,14 @@ pub const AMD128_REMAP_FIELDS: &[FieldSpec] = &[
 /// Fields of a 128-bit AMD-Vi IRTE in guest virtual APIC mode (GuestMode = 1).
 pub const AMD128_GUEST_FIELDS: &[FieldSpec] = &[
     FieldSpec::flag("guest_mode").named(guest_mode_names),
-    FieldSpec::flag("remap_en"),
-    FieldSpec::flag("sup_iopf"),
+    FieldSpec::flag("remap_en").kernel("valid"),
+    FieldSpec::flag("sup_iopf").kernel("no_fault"),
     FieldSpec::flag("ga_log_intr"),
     FieldSpec::flag("is_run"),
     FieldSpec::num("destination", u32::MAX as u128),
     FieldSpec::num("ga_tag", u32::MAX as u128),
     FieldSpec::num("vector", 0xFF),
-    FieldSpec::num("backing_page", u64::MAX as u128),
+    FieldSpec::num("backing_page", u64::MAX as u128).kernel_shifted("ga_root_ptr", 12),
 ];
 
 /// `bytes` as a little-endian integer of exactly `size` bytes.
@@ -258,12 +271,17 @@ fn posted_lines(r: &mut Report, e: &PostedIrte) {
 /// its fields.
 pub fn encode_vtd(assignments: &[Assignment], opts: Options) -> Result<Vec<u8>, CliError> {
     let ty = HwType::VtdIrte;
-    let im = match assignments.iter().find(|a| a.field == "im") {
+    let im = match assignments
+        .iter()
+        .find(|a| a.field == "im" || a.field == "p_pst")
+    {
         Some(a) => parse_value("im", &a.value, 1, &im_names)?,
         None => 0,
     };
     let raw = if im == 1 {
-        let v = Values::parse("vtd-irte (posted format)", VTD_POSTED_FIELDS, assignments)?;
+        let v = Values::parse("vtd-irte (posted format)", VTD_POSTED_FIELDS, assignments).map_err(
+            |e| with_mode_hint(e, VTD_REMAPPED_FIELDS, "remapped format", "im=remapped"),
+        )?;
         PostedIrte {
             present: v.flag("present"),
             fpd: v.flag("fpd"),
@@ -281,7 +299,8 @@ pub fn encode_vtd(assignments: &[Assignment], opts: Options) -> Result<Vec<u8>, 
             "vtd-irte (remapped format)",
             VTD_REMAPPED_FIELDS,
             assignments,
-        )?;
+        )
+        .map_err(|e| with_mode_hint(e, VTD_POSTED_FIELDS, "posted format", "im=posted"))?;
         RemappedIrte {
             present: v.flag("present"),
             fpd: v.flag("fpd"),
@@ -335,21 +354,31 @@ pub fn encode_irta(assignments: &[Assignment]) -> Result<Vec<u8>, CliError> {
     Ok(raw.to_le_bytes().to_vec())
 }
 
-/// The meaning of an AMD-Vi IntType value.
-fn int_type_meaning(t: u8) -> Option<&'static str> {
-    match t {
-        INT_TYPE_FIXED => Some("fixed"),
-        INT_TYPE_ARBITRATED => Some("arbitrated"),
-        _ => None,
+/// An IntType line (bits 4:2), with a note when the type is not one a remapped entry
+/// delivers.
+fn int_type_line(r: &mut Report, t: u8) {
+    r.push(num("int_type", t, 4, 2).meaning(int_type_name(t)));
+    if !int_type_is_remappable(t) {
+        r.note(format!(
+            "IntType {t} ({}) is not fixed or arbitrated: QEMU's AMD-Vi aborts the interrupt and a vIR host never writes it (VIR-FMT-H-006); encode refuses it",
+            int_type_name(t)
+        ));
     }
 }
 
-/// An IntType line (bits 4:2).
-fn int_type_line(t: u8) -> Line {
-    let line = num("int_type", t, 4, 2);
-    match int_type_meaning(t) {
-        Some(m) => line.meaning(m),
-        None => line,
+/// Checks an IntType for `encode`: only fixed (0) and arbitrated (1) are accepted.
+fn check_int_type(t: u8) -> Result<u8, CliError> {
+    if int_type_is_remappable(t) {
+        Ok(t)
+    } else {
+        Err(ValueError::new(
+            "int_type",
+            ValueProblem::NotAllowed {
+                value: u128::from(t),
+                why: "only fixed (0) and arbitrated (1) are remapped; SMI, NMI, INIT and ExtInt are not, and 3 and 6 are reserved",
+            },
+        )
+        .into())
     }
 }
 
@@ -371,11 +400,22 @@ pub fn decode_amd32(bytes: &[u8]) -> Result<Report, HwError> {
     let raw = entry(ty, bytes, 4)?;
     // `entry` read exactly 4 bytes.
     let raw = u32::try_from(raw).unwrap_or(u32::MAX);
-    let e = AmdIrte32Entry::decode(raw).map_err(|e| HwError::new(ty, HwErrorKind::AmdIrte(e)))?;
+    let e = match AmdIrte32Entry::decode(raw) {
+        Ok(e) => e,
+        Err(AmdIrteError::LinuxAllocated) => {
+            let mut r = Report::new(ty.name(), bytes);
+            r.format = Some("linux-allocated");
+            r.push(flag("remap_en", false, 0).meaning("not remapping"));
+            r.note(AmdIrteError::LinuxAllocated.to_string());
+            return Ok(r);
+        }
+        Err(e) => return Err(HwError::new(ty, HwErrorKind::AmdIrte(e))),
+    };
     let mut r = Report::new(ty.name(), bytes);
+    r.format = Some("remapped");
     r.push(flag("remap_en", e.remap_en, 0));
     r.push(flag("sup_iopf", e.sup_iopf, 1));
-    r.push(int_type_line(e.int_type));
+    int_type_line(&mut r, e.int_type);
     r.push(flag("rq_eoi", e.rq_eoi, 5));
     r.push(
         flag("dest_mode_logical", e.dest_mode_logical, 6)
@@ -393,7 +433,7 @@ pub fn encode_amd32(assignments: &[Assignment]) -> Result<Vec<u8>, CliError> {
     let e = AmdIrte32Entry {
         remap_en: v.flag("remap_en"),
         sup_iopf: v.flag("sup_iopf"),
-        int_type: v.num("int_type")?,
+        int_type: check_int_type(v.num("int_type")?)?,
         rq_eoi: v.flag("rq_eoi"),
         dest_mode_logical: v.flag("dest_mode_logical"),
         destination: v.num("destination")?,
@@ -416,7 +456,7 @@ pub fn decode_amd128(bytes: &[u8]) -> Result<Report, HwError> {
             r.format = Some("remapped");
             r.push(flag("remap_en", e.remap_en, 0));
             r.push(flag("sup_iopf", e.sup_iopf, 1));
-            r.push(int_type_line(e.int_type));
+            int_type_line(&mut r, e.int_type);
             r.push(flag("rq_eoi", e.rq_eoi, 5));
             r.push(
                 flag("dest_mode_logical", e.dest_mode_logical, 6)
@@ -425,6 +465,9 @@ pub fn decode_amd128(bytes: &[u8]) -> Result<Report, HwError> {
             r.push(flag("guest_mode", false, 7).meaning("remapped"));
             r.push(amd_destination(e.destination));
             r.push(num("vector", e.vector, 71, 64));
+            if !e.remap_en && e.vector == 0xFF && raw == 0xFF << 64 {
+                r.note("Linux's mark of an allocated, not yet programmed 128-bit entry (all zero, vector 0xff; irte_ga_set_allocated): RemapEn = 0, nothing is remapped through it");
+            }
         }
         AmdIrte128::Guest(e) => {
             r.format = Some("guest");
@@ -455,7 +498,15 @@ pub fn encode_amd128(assignments: &[Assignment]) -> Result<Vec<u8>, CliError> {
             "amd-irte128 (guest format)",
             AMD128_GUEST_FIELDS,
             assignments,
-        )?;
+        )
+        .map_err(|e| {
+            with_mode_hint(
+                e,
+                AMD128_REMAP_FIELDS,
+                "remapped format",
+                "guest_mode=remapped",
+            )
+        })?;
         AmdIrte128::Guest(AmdGuestIrte {
             remap_en: v.flag("remap_en"),
             sup_iopf: v.flag("sup_iopf"),
@@ -471,11 +522,19 @@ pub fn encode_amd128(assignments: &[Assignment]) -> Result<Vec<u8>, CliError> {
             "amd-irte128 (remapped format)",
             AMD128_REMAP_FIELDS,
             assignments,
-        )?;
+        )
+        .map_err(|e| {
+            with_mode_hint(
+                e,
+                AMD128_GUEST_FIELDS,
+                "guest virtual APIC format",
+                "guest_mode=guest",
+            )
+        })?;
         AmdIrte128::Remapped(AmdRemapIrte {
             remap_en: v.flag("remap_en"),
             sup_iopf: v.flag("sup_iopf"),
-            int_type: v.num("int_type")?,
+            int_type: check_int_type(v.num("int_type")?)?,
             rq_eoi: v.flag("rq_eoi"),
             dest_mode_logical: v.flag("dest_mode_logical"),
             destination: v.num("destination")?,
@@ -497,10 +556,12 @@ mod tests {
     const X2: Options = Options {
         apic_mode: ApicMode::X2Apic,
         ext_dest_id: false,
+        x2apic_hi: false,
     };
     const XAPIC: Options = Options {
         apic_mode: ApicMode::XApic,
         ext_dest_id: false,
+        x2apic_hi: false,
     };
 
     fn a(f: &str, v: &str) -> Assignment {
@@ -582,7 +643,7 @@ mod tests {
     fn encode_vtd_rejects_fields_of_the_other_format() {
         let err = encode_vtd(&[a("pda", "0x1000")], X2);
         assert!(
-            matches!(&err, Err(CliError::Usage(UsageError::UnknownField { ty, field })) if ty == "vtd-irte (remapped format)" && field == "pda"),
+            matches!(&err, Err(CliError::Usage(UsageError::UnknownField { ty, field, hint, .. })) if ty == "vtd-irte (remapped format)" && field == "pda" && hint.as_deref() == Some("'pda' is a field of the posted format: add im=posted")),
             "{err:?}"
         );
         let err = encode_vtd(&[a("im", "1"), a("pda", "0x1001")], X2);

@@ -15,7 +15,7 @@ use vir_abi::hw::{
     VtdMsiError,
 };
 
-use crate::error::CliError;
+use crate::error::{CliError, UsageError};
 use crate::input::IntegerForm;
 use crate::report::Report;
 use crate::value::{
@@ -29,6 +29,9 @@ pub struct Options {
     pub apic_mode: ApicMode,
     /// Whether compatibility-format address bits 11:5 carry the extended destination ID.
     pub ext_dest_id: bool,
+    /// `encode msi-compat`: put APIC ID bits 31:8 in the high address (the x2APIC
+    /// high-address form of QEMU and of Linux's IOMMU interrupts).
+    pub x2apic_hi: bool,
 }
 
 /// A hardware format the tool knows.
@@ -136,6 +139,11 @@ impl HwType {
         matches!(self, Self::Msi | Self::MsiCompat)
     }
 
+    /// Whether `--x2apic-hi` applies (encode only: decode recognises the form by itself).
+    pub const fn takes_x2apic_hi(self) -> bool {
+        matches!(self, Self::MsiCompat)
+    }
+
     /// Decodes `bytes` (already checked to be [`HwType::size`] long).
     pub fn decode(self, bytes: &[u8], opts: Options) -> Result<Report, HwError> {
         match self {
@@ -231,6 +239,22 @@ impl fmt::Display for HwError {
             HwErrorKind::Posted(e) => e.fmt(f),
             HwErrorKind::AmdMsi(e) => e.fmt(f),
             HwErrorKind::AmdIrte(e) => e.fmt(f),
+        }?;
+        match self.kind {
+            HwErrorKind::Msi(MsiError::DestinationTooLarge { max, .. })
+                if max == vir_abi::hw::msi::MAX_DEST_ID =>
+            {
+                f.write_str(
+                    "; add --ext-dest-id for APIC IDs up to 32767 (KVM_FEATURE_MSI_EXT_DEST_ID), or --x2apic-hi for the x2APIC high-address form (any 32-bit ID)",
+                )
+            }
+            HwErrorKind::Msi(MsiError::DestinationTooLarge { .. }) => {
+                f.write_str("; add --x2apic-hi for the x2APIC high-address form (any 32-bit ID)")
+            }
+            HwErrorKind::Msi(MsiError::ExtDestIdNotEnabled(_)) => f.write_str(
+                "; add --ext-dest-id if the hypervisor offers the extended destination ID",
+            ),
+            _ => Ok(()),
         }
     }
 }
@@ -256,6 +280,11 @@ pub struct FieldSpec {
     pub default: u128,
     /// Symbolic values the field takes.
     pub names: fn(&str) -> Option<u128>,
+    /// The Linux kernel's name of the field (`dst_mode`, `ga_root_ptr`), accepted as an alias.
+    pub kernel: Option<&'static str>,
+    /// The kernel's field holds the value shifted right by this many bits (`ga_root_ptr` is
+    /// the backing page address >> 12); a value given under the alias is shifted back.
+    pub kernel_shift: u32,
 }
 
 impl FieldSpec {
@@ -266,7 +295,22 @@ impl FieldSpec {
             max,
             default: 0,
             names: no_names,
+            kernel: None,
+            kernel_shift: 0,
         }
+    }
+
+    /// The same field with the Linux kernel's name as an alias.
+    pub const fn kernel(mut self, name: &'static str) -> Self {
+        self.kernel = Some(name);
+        self
+    }
+
+    /// The same field with a kernel alias whose value is this field's value >> `shift`.
+    pub const fn kernel_shifted(mut self, name: &'static str, shift: u32) -> Self {
+        self.kernel = Some(name);
+        self.kernel_shift = shift;
+        self
     }
 
     /// A one-bit field, default 0.
@@ -301,15 +345,33 @@ impl Values {
         specs: &[FieldSpec],
         assignments: &[Assignment],
     ) -> Result<Self, CliError> {
-        let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        let mut names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        names.extend(specs.iter().filter_map(|s| s.kernel));
         check_known(ty, assignments, &names)?;
         let mut values: Vec<(&'static str, u128)> =
             specs.iter().map(|s| (s.name, s.default)).collect();
+        let mut seen: Vec<&'static str> = Vec::new();
         for a in assignments {
-            let Some(spec) = specs.iter().find(|s| s.name == a.field) else {
+            let Some(spec) = specs
+                .iter()
+                .find(|s| s.name == a.field || s.kernel == Some(a.field.as_str()))
+            else {
                 continue;
             };
-            let v = parse_value(&a.field, &a.value, spec.max, &spec.names)?;
+            if seen.contains(&spec.name) {
+                return Err(UsageError::DuplicateField(format!(
+                    "{} (given under its name and its kernel alias)",
+                    spec.name
+                ))
+                .into());
+            }
+            seen.push(spec.name);
+            let v = if spec.name == a.field || spec.kernel_shift == 0 {
+                parse_value(&a.field, &a.value, spec.max, &spec.names)?
+            } else {
+                let max = spec.max >> spec.kernel_shift;
+                parse_value(&a.field, &a.value, max, &spec.names)? << spec.kernel_shift
+            };
             if let Some(slot) = values.iter_mut().find(|(n, _)| *n == spec.name) {
                 slot.1 = v;
             }
@@ -344,6 +406,35 @@ impl Values {
                 },
             )
         })
+    }
+}
+
+/// Adds to an unknown-field error the mode that has the field: when `err` names a field of
+/// `other` (by name or kernel alias), the hint says to add `mode` (`im=posted`).
+pub fn with_mode_hint(err: CliError, other: &[FieldSpec], what: &str, mode: &str) -> CliError {
+    match err {
+        CliError::Usage(UsageError::UnknownField {
+            ty,
+            field,
+            valid,
+            hint,
+        }) => {
+            let in_other = other
+                .iter()
+                .any(|s| s.name == field || s.kernel == Some(field.as_str()));
+            let hint = if in_other {
+                Some(format!("'{field}' is a field of the {what}: add {mode}"))
+            } else {
+                hint
+            };
+            CliError::Usage(UsageError::UnknownField {
+                ty,
+                field,
+                valid,
+                hint,
+            })
+        }
+        other => other,
     }
 }
 

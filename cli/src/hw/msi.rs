@@ -4,7 +4,7 @@
 //! `0xADDRESS 0xDATA` integer form is converted to that by the input parser).
 
 use vir_abi::hw::{
-    AmdMsi, CompatMsi, DeliveryMode, MessageKind, MsiMessage, RemappableMsi, classify,
+    AmdMsi, CompatMsi, DeliveryMode, DestForm, MessageKind, MsiMessage, RemappableMsi, classify,
 };
 
 use super::{
@@ -23,13 +23,15 @@ pub const ANY_FIELDS: &[FieldSpec] = &[
 
 /// Fields of `msi-compat`.
 pub const COMPAT_FIELDS: &[FieldSpec] = &[
-    FieldSpec::num("dest_id", vir_abi::hw::msi::MAX_EXT_DEST_ID as u128),
+    FieldSpec::num("dest_id", u32::MAX as u128).kernel("destid"),
     FieldSpec::flag("dest_mode_logical").named(dest_mode_names),
-    FieldSpec::flag("redirection_hint"),
+    FieldSpec::flag("redirection_hint").kernel("redirect_hint"),
     FieldSpec::num("vector", 0xFF),
     FieldSpec::num("delivery_mode", 7).named(delivery_mode_names),
     FieldSpec::flag("level_assert"),
-    FieldSpec::flag("trigger_level").named(trigger_names),
+    FieldSpec::flag("trigger_level")
+        .named(trigger_names)
+        .kernel("is_level"),
 ];
 
 /// Fields of `vtd-msi`. SHV defaults to 1, as Linux always sets it.
@@ -67,20 +69,26 @@ fn report(ty: HwType, msg: MsiMessage) -> Report {
 }
 
 /// Appends the fields of a compatibility-format message.
-fn compat_lines(r: &mut Report, m: &CompatMsi, ext_dest_id: bool) {
-    let dest_bits = if ext_dest_id {
-        vec![(11, 5), (19, 12)]
-    } else {
-        vec![(19, 12)]
+fn compat_lines(r: &mut Report, m: &CompatMsi, form: DestForm) {
+    let dest_bits = match form {
+        DestForm::ExtDestId => vec![(11, 5), (19, 12)],
+        DestForm::HighAddress => vec![(63, 40), (19, 12)],
+        DestForm::Xapic => vec![(19, 12)],
     };
-    r.push(Line::new(
-        "dest_id",
-        Value::Num(u128::from(m.dest_id)),
-        Position::Bits {
-            word: Some("address"),
-            ranges: dest_bits,
-        },
-    ));
+    r.push(
+        Line::new(
+            "dest_id",
+            Value::Num(u128::from(m.dest_id)),
+            Position::Bits {
+                word: Some("address"),
+                ranges: dest_bits,
+            },
+        )
+        .meaning(format!("APIC ID, {} form", form.name())),
+    );
+    if form == DestForm::HighAddress {
+        r.note("x2APIC high-address form: APIC ID bits 31:8 in address bits 63:40 (QEMU's emulated IOMMUs deliver remapped interrupts this way; Linux composes the IOMMU's own interrupts so)");
+    }
     r.push(
         Line::new(
             "dest_mode_logical",
@@ -163,14 +171,26 @@ fn vtd_lines(r: &mut Report, m: &RemappableMsi, msg: MsiMessage) {
 pub fn decode_any(bytes: &[u8], opts: Options) -> Result<Report, HwError> {
     let ty = HwType::Msi;
     let msg = message(ty, bytes)?;
-    let kind = classify(msg).map_err(|e| HwError::new(ty, HwErrorKind::Msi(e)))?;
+    // The x2APIC high-address form is a compatibility message with a nonzero high address.
+    let low = MsiMessage::new(msg.address_lo, 0, msg.data);
+    let kind = classify(low).map_err(|e| HwError::new(ty, HwErrorKind::Msi(e)))?;
+    if kind == MessageKind::Remappable && msg.address_hi != 0 {
+        return Err(HwError::new(
+            ty,
+            HwErrorKind::Msi(vir_abi::hw::MsiError::AddressHighNonZero(msg.address_hi)),
+        ));
+    }
     let mut r = report(ty, msg);
     match kind {
         MessageKind::Compat => {
-            let m = CompatMsi::decode(msg, opts.ext_dest_id)
+            let (m, form) = CompatMsi::decode_form(msg, opts.ext_dest_id)
                 .map_err(|e| HwError::new(ty, HwErrorKind::Msi(e)))?;
-            r.format = Some("compat");
-            compat_lines(&mut r, &m, opts.ext_dest_id);
+            r.format = Some(if form == DestForm::HighAddress {
+                "compat-x2apic-hi"
+            } else {
+                "compat"
+            });
+            compat_lines(&mut r, &m, form);
             if let Ok(amd) = AmdMsi::decode(msg) {
                 r.note(format!(
                     "also an AMD-Vi remapped message with IRTE index {:#x} (decode it as amd-msi)",
@@ -192,10 +212,15 @@ pub fn decode_any(bytes: &[u8], opts: Options) -> Result<Report, HwError> {
 pub fn decode_compat(bytes: &[u8], opts: Options) -> Result<Report, HwError> {
     let ty = HwType::MsiCompat;
     let msg = message(ty, bytes)?;
-    let m = CompatMsi::decode(msg, opts.ext_dest_id)
+    let (m, form) = CompatMsi::decode_form(msg, opts.ext_dest_id)
         .map_err(|e| HwError::new(ty, HwErrorKind::Msi(e)))?;
     let mut r = report(ty, msg);
-    compat_lines(&mut r, &m, opts.ext_dest_id);
+    r.format = Some(if form == DestForm::HighAddress {
+        "compat-x2apic-hi"
+    } else {
+        "compat"
+    });
+    compat_lines(&mut r, &m, form);
     Ok(r)
 }
 
@@ -262,8 +287,15 @@ pub fn encode_compat(assignments: &[Assignment], opts: Options) -> Result<Vec<u8
         level_assert: v.flag("level_assert"),
         trigger_level: v.flag("trigger_level"),
     };
+    let form = if opts.x2apic_hi {
+        DestForm::HighAddress
+    } else if opts.ext_dest_id {
+        DestForm::ExtDestId
+    } else {
+        DestForm::Xapic
+    };
     let msg = m
-        .encode(opts.ext_dest_id)
+        .encode_form(form)
         .map_err(|e| HwError::new(ty, HwErrorKind::Msi(e)))?;
     Ok(msg.to_bytes().to_vec())
 }
@@ -311,7 +343,60 @@ mod tests {
     const OPTS: Options = Options {
         apic_mode: ApicMode::X2Apic,
         ext_dest_id: false,
+        x2apic_hi: false,
     };
+
+    #[test]
+    fn qemu_high_address_form_round_trips() {
+        // QEMU's remapped interrupt for APIC ID 0x1234, vector 0x45, level asserted.
+        let msg = MsiMessage::new(0xFEE3_4000, 0x1200, 0x4045);
+        for r in [
+            decode_any(&msg.to_bytes(), OPTS).expect("msi decodes"),
+            decode_compat(&msg.to_bytes(), OPTS).expect("msi-compat decodes"),
+        ] {
+            assert_eq!(r.format, Some("compat-x2apic-hi"));
+            assert_eq!(num(&r, "dest_id"), Some(0x1234));
+            assert_eq!(num(&r, "vector"), Some(0x45));
+        }
+        let a = |f: &str, v: &str| Assignment {
+            field: f.into(),
+            value: v.into(),
+        };
+        let hi = Options {
+            x2apic_hi: true,
+            ..OPTS
+        };
+        let bytes = encode_compat(
+            &[
+                a("dest_id", "0x1234"),
+                a("vector", "0x45"),
+                a("level_assert", "1"),
+            ],
+            hi,
+        )
+        .expect("encodes");
+        assert_eq!(bytes, msg.to_bytes().to_vec());
+        let err = encode_compat(&[a("dest_id", "0x1234")], OPTS).expect_err("needs a flag");
+        let text = err.to_string();
+        assert!(
+            text.contains("--ext-dest-id") && text.contains("--x2apic-hi"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn amd_index_0x200_needs_dm() {
+        let a = |f: &str, v: &str| Assignment {
+            field: f.into(),
+            value: v.into(),
+        };
+        let err = encode_amd(&[a("index", "0x345")]).expect_err("needs DM");
+        assert!(err.to_string().contains("address_dm"), "{err}");
+        let bytes = encode_amd(&[a("index", "0x345"), a("address_dm", "1")]).expect("encodes");
+        let r = decode_amd(&bytes).expect("decodes");
+        assert_eq!(num(&r, "index"), Some(0x345));
+        assert!(decode_amd(&MsiMessage::new(0xFEE0_0000, 0, 0x345).to_bytes()).is_err());
+    }
 
     fn num(r: &Report, name: &str) -> Option<u128> {
         match r.get(name) {
@@ -355,6 +440,17 @@ mod tests {
             ext_dest_id: true,
             ..OPTS
         };
+        assert!(
+            encode_compat(
+                &[],
+                Options {
+                    x2apic_hi: true,
+                    ..OPTS
+                }
+            )
+            .is_ok(),
+            "the high-address form of APIC ID 0 is the xAPIC form"
+        );
         let r = decode_compat(&msg.to_bytes(), ext).expect("decodes");
         assert_eq!(num(&r, "dest_id"), Some(0x123));
         assert_eq!(num(&r, "vector"), Some(0x41));

@@ -106,10 +106,12 @@ mod tests {
     const X2: Options = Options {
         apic_mode: ApicMode::X2Apic,
         ext_dest_id: false,
+        x2apic_hi: false,
     };
     const XAPIC: Options = Options {
         apic_mode: ApicMode::XApic,
         ext_dest_id: false,
+        x2apic_hi: false,
     };
 
     fn a(f: &str, v: &str) -> Assignment {
