@@ -49,10 +49,13 @@ impl Value {
     fn json(&self) -> Json {
         match self {
             Self::Flag(b) => Json::Bool(*b),
-            Self::Num(n) => match u64::try_from(*n) {
-                Ok(v) => Json::from(v),
-                Err(_) => Json::String(format!("{n:#x}")),
-            },
+            // JSON numbers are IEEE doubles in most tools (jq, JavaScript, Python's json
+            // with floats): only integers up to 2^53 - 1 survive them. Wider values are hex
+            // strings; the `hex` object has every number exact as a string.
+            Self::Num(n) if *n <= MAX_SAFE_JSON_INTEGER => {
+                Json::from(u64::try_from(*n).unwrap_or(u64::MAX))
+            }
+            Self::Num(n) => Json::String(format!("{n:#x}")),
             Self::Vectors(v) => Json::Array(v.iter().map(|&x| Json::from(x)).collect()),
             Self::Bytes(b) => Json::String(hex_string(b)),
         }
@@ -252,8 +255,12 @@ impl Report {
     pub fn json(&self) -> Json {
         let mut fields = Map::new();
         let mut names = Map::new();
+        let mut hex = Map::new();
         for line in &self.lines {
             fields.insert(line.name.clone(), line.value.json());
+            if let Value::Num(n) = line.value {
+                hex.insert(line.name.clone(), Json::String(format!("{n:#x}")));
+            }
             if let Some(m) = &line.meaning {
                 names.insert(line.name.clone(), Json::String(m.clone()));
             }
@@ -263,11 +270,16 @@ impl Report {
             "format": self.format,
             "bytes": hex_string(&self.bytes),
             "fields": fields,
+            "hex": hex,
             "names": names,
             "notes": self.notes,
         })
     }
 }
+
+/// The largest integer every JSON reader keeps exact (2^53 - 1); `--json` prints wider
+/// numbers as hex strings.
+pub const MAX_SAFE_JSON_INTEGER: u128 = (1 << 53) - 1;
 
 /// Bytes as space-separated hex pairs (`01 00 45`).
 pub fn hex_string(bytes: &[u8]) -> String {
@@ -319,6 +331,22 @@ mod tests {
         assert_eq!(j["fields"]["vector"], 0x45);
         assert_eq!(j["names"]["delivery_mode"], "fixed");
         assert_eq!(j["notes"][0], "something");
+        assert_eq!(j["hex"]["vector"], "0x45");
+        assert!(j["hex"].get("present").is_none(), "flags are not numbers");
+    }
+
+    #[test]
+    fn json_keeps_64_bit_values_exact() {
+        // 2^53 + 1 is the first integer a double cannot hold.
+        assert_eq!(
+            Value::Num((1 << 53) - 1).json(),
+            json!(9_007_199_254_740_991u64)
+        );
+        assert_eq!(Value::Num((1 << 53) + 1).json(), json!("0x20000000000001"));
+        assert_eq!(
+            Value::Num(u128::from(u64::MAX)).json(),
+            json!("0xffffffffffffffff")
+        );
     }
 
     #[test]

@@ -42,10 +42,17 @@ fn json(args: &[&str], stdin: Option<&[u8]>) -> Json {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("vir {all:?}: bad JSON {e}: {text}"))
 }
 
-/// A JSON field as an integer (booleans as 0/1).
+/// A JSON field as an integer (booleans as 0/1); numbers above 2^53 - 1 are hex strings, and
+/// the `hex` object holds every number exactly.
 fn field(j: &Json, name: &str) -> u64 {
     match &j["fields"][name] {
         Json::Bool(b) => u64::from(*b),
+        Json::String(s) => {
+            assert_eq!(j["hex"][name], Json::String(s.clone()), "hex and fields agree");
+            let v = number(s);
+            assert!(v >= 1 << 53, "{name} = {s} would be exact as a JSON number");
+            v
+        }
         Json::Number(n) => n
             .as_u64()
             .unwrap_or_else(|| panic!("{name} is not a u64: {n}")),
