@@ -4,7 +4,11 @@ use std::io::Write;
 
 use clap::Args;
 
-use crate::error::CliError;
+use vir_abi::hw::ApicMode;
+
+use crate::debugfs;
+use crate::error::{CliError, UsageError};
+use crate::hw::Options;
 use crate::input;
 use crate::report::Report;
 use crate::types;
@@ -20,8 +24,14 @@ Input: HEX is the data; when it is absent or '-', it is read from standard input
     MSI messages (msi, msi-compat, vtd-msi, amd-msi): '0xADDRESS 0xDATA' (64-bit address,
       32-bit data): 'vir decode msi 0xfee00818 0x0'; the 12 wire bytes (address_lo,
       address_hi, data, little-endian) are accepted too.
+    128-bit types also take two 64-bit words '0xHIGH 0xLOW', high word (bits 127:64) first,
+      as Linux's debugfs prints them: 'vir decode vtd-irte 0x0000000000040050 0x000000800024000d'
+Linux debugfs dumps: 'vir decode debugfs FILE' (or '-'/nothing for standard input) decodes every
+  entry of /sys/kernel/debug/iommu/intel/ir_translation_struct (VT-d, remapped and posted) and
+  /sys/kernel/debug/iommu/amd/irqtbl (AMD-Vi, 32- and 128-bit entries); --xapic applies to VT-d.
 Output: one field per line with its value and bit (or byte) positions; --json prints a JSON
-object {type, format, bytes, fields, names, notes}.";
+object {type, format, bytes, fields, hex, names, notes}: numbers above 2^53-1 are 0x-prefixed hex
+strings, and hex holds every number as an exact 0x-prefixed hex string.";
 
 /// Arguments of `decode`.
 #[derive(Debug, Args)]
@@ -43,14 +53,58 @@ pub struct DecodeArgs {
     pub ext_dest_id: bool,
 }
 
+/// The type name that reads a whole Linux debugfs dump.
+pub const DEBUGFS: &str = "debugfs";
+
 /// Runs `decode`.
 pub fn run(args: &DecodeArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if args.ty == DEBUGFS {
+        return run_debugfs(args, out);
+    }
     let ty = types::lookup(&args.ty)?;
     let opts = ty.options(args.xapic, args.ext_dest_id)?;
     let text = input::operand_text(&args.hex, &mut std::io::stdin().lock())?;
     let bytes = input::parse(&text, ty.integer_form(), &ty.name)?;
     let report = ty.decode(&bytes, opts)?;
     print(&report, args.json, out)
+}
+
+/// `decode debugfs [FILE|-]`: a dump from a file, or standard input.
+fn run_debugfs(args: &DecodeArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if args.ext_dest_id {
+        return Err(UsageError::OptionNotApplicable {
+            option: "--ext-dest-id",
+            ty: DEBUGFS.to_owned(),
+        }
+        .into());
+    }
+    let text = match args.hex.as_slice() {
+        [] => input::operand_text(&[], &mut std::io::stdin().lock())?,
+        [one] if one == "-" => input::operand_text(&[], &mut std::io::stdin().lock())?,
+        [path] => std::fs::read_to_string(path).map_err(|e| CliError::ReadFile {
+            path: path.clone(),
+            error: e.kind(),
+        })?,
+        _ => {
+            return Err(UsageError::BadOptionValue {
+                option: "FILE",
+                value: args.hex.join(" "),
+                expected: "one file name, or '-' (or nothing) for standard input",
+            }
+            .into());
+        }
+    };
+    let opts = Options {
+        apic_mode: if args.xapic {
+            ApicMode::XApic
+        } else {
+            ApicMode::X2Apic
+        },
+        ext_dest_id: false,
+        x2apic_hi: false,
+    };
+    let entries = debugfs::parse(&text, opts).map_err(CliError::Debugfs)?;
+    debugfs::print(&entries, args.json, out)
 }
 
 /// Prints a report as text or JSON.

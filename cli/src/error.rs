@@ -186,6 +186,13 @@ pub enum CliError {
     Header(vir_spec::cheader::HeaderError),
     /// Writing the output failed.
     Output(std::io::Error),
+    /// An input file could not be read.
+    ReadFile {
+        /// The path given.
+        path: String,
+        /// Why.
+        error: std::io::ErrorKind,
+    },
     /// `simulate` could not run its scenario.
     Simulation(vir_simvm::ScenarioError),
     /// `simulate` ran, and the report shows a failure (a wrong or missing delivery, a storage
@@ -200,6 +207,15 @@ pub enum CliError {
     CompareFailed {
         /// The situations that failed.
         situations: Vec<&'static str>,
+    },
+    /// A debugfs dump has a line Linux does not print.
+    Debugfs(crate::debugfs::DebugfsError),
+    /// A debugfs dump was read, and some of its entries could not be decoded (see the output).
+    DebugfsEntries {
+        /// Entries that could not be decoded.
+        failed: usize,
+        /// Entries in the dump.
+        total: usize,
     },
     /// `conform` could not run the suite.
     Conformance(vir_conform::RunError),
@@ -224,10 +240,13 @@ impl CliError {
             | Self::Hw(_)
             | Self::Header(_)
             | Self::Output(_)
+            | Self::ReadFile { .. }
             | Self::Simulation(_)
             | Self::SimulationFailed { .. }
             | Self::Compare(_)
             | Self::CompareFailed { .. }
+            | Self::Debugfs(_)
+            | Self::DebugfsEntries { .. }
             | Self::ConformanceFailed { .. } => EXIT_DATA,
             Self::Conformance(e) => match e {
                 vir_conform::RunError::NothingSelected(_)
@@ -255,6 +274,7 @@ impl fmt::Display for CliError {
             Self::Hw(e) => e.fmt(f),
             Self::Header(e) => write!(f, "cannot generate the C header: {e}"),
             Self::Output(e) => write!(f, "cannot write output: {e}"),
+            Self::ReadFile { path, error } => write!(f, "cannot read {path}: {error}"),
             Self::Simulation(e) => write!(f, "simulation: {e}"),
             Self::SimulationFailed { failed_deliveries } => write!(
                 f,
@@ -265,6 +285,11 @@ impl fmt::Display for CliError {
                 f,
                 "compare failed in {} (see the report)",
                 situations.join(", ")
+            ),
+            Self::Debugfs(e) => e.fmt(f),
+            Self::DebugfsEntries { failed, total } => write!(
+                f,
+                "{failed} of {total} debugfs entries could not be decoded (see the output)"
             ),
             Self::Conformance(e) => write!(f, "conformance: {e}"),
             Self::ConformanceFailed {

@@ -5,7 +5,8 @@
 //! * **bytes**: hex digits, two per byte, in memory order (so multi-byte fields read
 //!   little-endian); the separators space, `:`, `-`, `_`, tab and newlines may appear anywhere;
 //! * **integers**: whitespace-separated `0x` integers. A 32-, 64- or 128-bit hardware type takes a
-//!   single integer of that width (its bit 0 is bit 0 of the entry); an MSI message takes
+//!   single integer of that width (its bit 0 is bit 0 of the entry), and a 128-bit type also
+//!   takes two 64-bit integers `0xHIGH 0xLOW` as Linux's debugfs prints them; an MSI message takes
 //!   `0xADDRESS 0xDATA` (a 64-bit address and 32-bit data). Other types take bytes only.
 //!
 //! The form is chosen by the first token: `0x` selects integers.
@@ -51,7 +52,7 @@ pub enum InputError {
     /// The wrong number of integers.
     IntegerCount {
         /// How many the type takes.
-        expected: usize,
+        expected: &'static str,
         /// How many were given.
         actual: usize,
     },
@@ -200,10 +201,21 @@ fn parse_integer(token: &str, what: &'static str, bits: u32) -> Result<u128, Inp
 fn parse_integers(tokens: &[&str], form: IntegerForm, ty: &str) -> Result<Vec<u8>, InputError> {
     match form {
         IntegerForm::None => Err(InputError::IntegerNotAccepted(ty.to_owned())),
+        // A 128-bit entry as Linux prints it (VT-d and AMD-Vi debugfs): two 64-bit words,
+        // the high word (bits 127:64) first.
+        IntegerForm::Word(16) if tokens.len() == 2 => {
+            let hi = parse_integer(tokens.first().copied().unwrap_or(""), "high word", 64)?;
+            let lo = parse_integer(tokens.get(1).copied().unwrap_or(""), "low word", 64)?;
+            Ok(((hi << 64) | lo).to_le_bytes().to_vec())
+        }
         IntegerForm::Word(size) => {
             let [token] = tokens else {
                 return Err(InputError::IntegerCount {
-                    expected: 1,
+                    expected: if size == 16 {
+                        "1 (or 2: 0xHIGH 0xLOW)"
+                    } else {
+                        "1"
+                    },
                     actual: tokens.len(),
                 });
             };
@@ -217,7 +229,7 @@ fn parse_integers(tokens: &[&str], form: IntegerForm, ty: &str) -> Result<Vec<u8
         IntegerForm::MsiPair => {
             let [address, data] = tokens else {
                 return Err(InputError::IntegerCount {
-                    expected: 2,
+                    expected: "2",
                     actual: tokens.len(),
                 });
             };
@@ -307,8 +319,27 @@ mod tests {
         assert_eq!(
             parse("0x1 0x2", IntegerForm::Word(4), "t"),
             Err(InputError::IntegerCount {
-                expected: 1,
+                expected: "1",
                 actual: 2
+            })
+        );
+        // Linux's debugfs order for a 128-bit entry: high word, then low word.
+        let two = parse(
+            "0x0000000000040050 0x000000800024000d",
+            IntegerForm::Word(16),
+            "vtd-irte",
+        );
+        let one = parse(
+            "0x0000000000040050000000800024000d",
+            IntegerForm::Word(16),
+            "vtd-irte",
+        );
+        assert_eq!(two, one);
+        assert_eq!(
+            parse("0x1 0x2 0x3", IntegerForm::Word(16), "t"),
+            Err(InputError::IntegerCount {
+                expected: "1 (or 2: 0xHIGH 0xLOW)",
+                actual: 3
             })
         );
         assert_eq!(
@@ -344,7 +375,7 @@ mod tests {
         assert_eq!(
             parse("0xfee00000", IntegerForm::MsiPair, "msi"),
             Err(InputError::IntegerCount {
-                expected: 2,
+                expected: "2",
                 actual: 1
             })
         );

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod conform;
+mod debugfs;
 mod decode;
 mod encode;
 mod error;

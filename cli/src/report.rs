@@ -205,7 +205,6 @@ impl Report {
     }
 
     /// The value of the field `name`, if present.
-    #[cfg(test)]
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.lines.iter().find(|l| l.name == name).map(|l| &l.value)
     }

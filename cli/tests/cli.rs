@@ -48,7 +48,11 @@ fn field(j: &Json, name: &str) -> u64 {
     match &j["fields"][name] {
         Json::Bool(b) => u64::from(*b),
         Json::String(s) => {
-            assert_eq!(j["hex"][name], Json::String(s.clone()), "hex and fields agree");
+            assert_eq!(
+                j["hex"][name],
+                Json::String(s.clone()),
+                "hex and fields agree"
+            );
             let v = number(s);
             assert!(v >= 1 << 53, "{name} = {s} would be exact as a JSON number");
             v
