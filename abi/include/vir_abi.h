@@ -514,6 +514,7 @@ VIR_STATIC_ASSERT(offsetof(struct vir_doorbell_block, response_gpa) == 24, "vir_
 
 #define VIR_MSI_ADDRESS_BASE              VIR_U32_C(0xfee00000) /* interrupt address window */
 #define VIR_MSI_ADDRESS_BASE_MASK         VIR_U32_C(0xfff00000) /* address bits that must equal those of VIR_MSI_ADDRESS_BASE */
+#define VIR_MSI_ADDRESS_HI_DEST_MASK      VIR_U32_C(0xffffff00) /* x2APIC high-address form: address_hi bits 31:8 = APIC ID bits 31:8 */
 #define VIR_MSI_ADDRESS_FORMAT_REMAPPABLE VIR_U32_C(0x00000010) /* address bit 4: VT-d remappable format */
 #define VIR_MSI_MAX_DEST_ID               255u /* compatibility format without extended destination ID */
 #define VIR_MSI_MAX_EXT_DEST_ID           32767u /* with the extended destination ID */
@@ -545,6 +546,8 @@ VIR_STATIC_ASSERT(offsetof(struct vir_doorbell_block, response_gpa) == 24, "vir_
 #define VIR_PI_DESC_ALIGN                 64u /* posted-interrupt descriptor alignment */
 #define VIR_AMD_MSI_ADDRESS               VIR_U32_C(0xfee00000) /* AMD-Vi remapped MSI address */
 #define VIR_AMD_MSI_MAX_INDEX             0x7ffu /* largest AMD-Vi IRTE index */
+#define VIR_AMD_MSI_FIRST_DM_INDEX        0x200u /* indices from here on need address bit 2 (DM) set */
+#define VIR_AMD_IRTE32_LINUX_ALLOCATED    VIR_U32_C(0xfffffffe) /* Linux's allocated-not-programmed 32-bit IRTE (RemapEn = 0) */
 #define VIR_AMD_INT_TYPE_FIXED            0u
 #define VIR_AMD_INT_TYPE_ARBITRATED       1u
 

@@ -169,6 +169,17 @@ static void hardware_formats(void)
 
 	/* AMD-Vi MSI for IRTE index 0x123. */
 	print_msi("amd_msi", VIR_AMD_MSI_ADDRESS, 0, 0x123u & VIR_AMD_MSI_DATA_INDEX_MASK);
+
+	/* AMD-Vi MSI for IRTE index 0x345: 0x200 and up need DM (address bit 2). */
+	print_msi("amd_msi_2k_dm", VIR_AMD_MSI_ADDRESS | VIR_AMD_MSI_ADDR_DM_MASK, 0,
+		  0x345u & VIR_AMD_MSI_DATA_INDEX_MASK);
+
+	/* QEMU's x2APIC high-address form: APIC id 0x1234, vector 0x45, level asserted. */
+	print_msi("compat_msi_x2apic_hi",
+		  VIR_MSI_ADDRESS_BASE |
+			  (((0x1234u & 0xffu) << VIR_MSI_ADDR_DEST_ID_SHIFT) & VIR_MSI_ADDR_DEST_ID_MASK),
+		  0x1234u & VIR_MSI_ADDRESS_HI_DEST_MASK,
+		  (0x45u << VIR_MSI_DATA_VECTOR_SHIFT) | VIR_MSI_DATA_LEVEL_ASSERT_MASK);
 }
 
 static void statuses(void)

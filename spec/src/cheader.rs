@@ -1055,6 +1055,11 @@ pub fn generate_header() -> Result<String, HeaderError> {
         "address bits that must equal those of VIR_MSI_ADDRESS_BASE",
     );
     d.add(
+        "VIR_MSI_ADDRESS_HI_DEST_MASK",
+        format!("VIR_U32_C({:#010x})", hwmsi::ADDRESS_HI_DEST_MASK),
+        "x2APIC high-address form: address_hi bits 31:8 = APIC ID bits 31:8",
+    );
+    d.add(
         "VIR_MSI_ADDRESS_FORMAT_REMAPPABLE",
         format!("VIR_U32_C({:#010x})", hwmsi::ADDRESS_FORMAT_REMAPPABLE),
         "address bit 4: VT-d remappable format",
@@ -1145,6 +1150,19 @@ pub fn generate_header() -> Result<String, HeaderError> {
         "VIR_AMD_MSI_MAX_INDEX",
         format!("{:#x}u", AmdMsi::MAX_INDEX),
         "largest AMD-Vi IRTE index",
+    );
+    d.add(
+        "VIR_AMD_MSI_FIRST_DM_INDEX",
+        format!("{:#x}u", AmdMsi::FIRST_DM_INDEX),
+        "indices from here on need address bit 2 (DM) set",
+    );
+    d.add(
+        "VIR_AMD_IRTE32_LINUX_ALLOCATED",
+        format!(
+            "VIR_U32_C({:#010x})",
+            vir_abi::hw::amd::IRTE32_LINUX_ALLOCATED
+        ),
+        "Linux's allocated-not-programmed 32-bit IRTE (RemapEn = 0)",
     );
     d.add("VIR_AMD_INT_TYPE_FIXED", format!("{INT_TYPE_FIXED}u"), "");
     d.add(

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use vir_abi::hw::amd::AmdRemapIrte;
 use vir_abi::hw::{
     AmdGuestIrte, AmdIrte32Entry, AmdIrte128, AmdIrteError, AmdMsi, AmdMsiError, ApicMode,
-    CompatMsi, DeliveryMode, Irte, IrteError, LengthError, MsiError, MsiMessage, PostedDescriptor,
-    PostedError, PostedIrte, RemappableMsi, RemappedIrte, Svt, VtdMsiError,
+    CompatMsi, DeliveryMode, DestForm, Irte, IrteError, LengthError, MsiError, MsiMessage,
+    PostedDescriptor, PostedError, PostedIrte, RemappableMsi, RemappedIrte, Svt, VtdMsiError,
 };
 use vir_abi::layout::{FieldType, StructDesc};
 
@@ -39,6 +39,9 @@ pub enum HwKind {
     /// x86 compatibility-format MSI (12 bytes: address low, address high, data). Parameter
     /// `ext_dest_id` (bool).
     CompatMsi,
+    /// x86 compatibility-format MSI in the x2APIC high-address form (12 bytes): APIC ID bits
+    /// 31:8 in the high address, as QEMU and Linux's IOMMU interrupts use it. No parameter.
+    CompatMsiX2apicHi,
     /// VT-d remappable-format MSI (12 bytes).
     VtdRemappableMsi,
     /// VT-d IRTE, remapped format (16 bytes). Parameter `apic_mode` (`xapic` or `x2apic`).
@@ -61,6 +64,7 @@ impl HwKind {
     /// Every kind, with its name in `# format: hw <name>`.
     pub const ALL: &'static [(&'static str, HwKind)] = &[
         ("compat_msi", HwKind::CompatMsi),
+        ("compat_msi_x2apic_hi", HwKind::CompatMsiX2apicHi),
         ("vtd_remappable_msi", HwKind::VtdRemappableMsi),
         ("vtd_irte_remapped", HwKind::VtdIrteRemapped),
         ("vtd_irte_posted", HwKind::VtdIrtePosted),
@@ -87,7 +91,9 @@ impl HwKind {
     /// The encoded size in bytes.
     pub fn size(self) -> usize {
         match self {
-            Self::CompatMsi | Self::VtdRemappableMsi | Self::AmdMsi => MsiMessage::SIZE,
+            Self::CompatMsi | Self::CompatMsiX2apicHi | Self::VtdRemappableMsi | Self::AmdMsi => {
+                MsiMessage::SIZE
+            }
             Self::VtdIrteRemapped | Self::VtdIrtePosted => 16,
             Self::AmdIrte128Remapped | Self::AmdIrte128Guest => 16,
             Self::PostedDescriptor => PostedDescriptor::SIZE,
@@ -515,6 +521,19 @@ pub fn decode(
                 ("trigger_level", m.trigger_level.into()),
             ])
         }
+        HwKind::CompatMsiX2apicHi => {
+            let (m, _) =
+                CompatMsi::decode_form(msg(bytes)?, false).map_err(|e| hw(HwError::Msi(e)))?;
+            out(&[
+                ("dest_id", m.dest_id.into()),
+                ("dest_mode_logical", m.dest_mode_logical.into()),
+                ("redirection_hint", m.redirection_hint.into()),
+                ("vector", m.vector.into()),
+                ("delivery_mode", m.delivery_mode.bits().into()),
+                ("level_assert", m.level_assert.into()),
+                ("trigger_level", m.trigger_level.into()),
+            ])
+        }
         HwKind::VtdRemappableMsi => {
             let m = RemappableMsi::decode(msg(bytes)?).map_err(|e| hw(HwError::VtdMsi(e)))?;
             out(&[
@@ -682,6 +701,26 @@ pub fn encode(
         VectorFormat::Hw(k) => k,
     };
     let bytes = match kind {
+        HwKind::CompatMsiX2apicHi => {
+            let dm: u8 = f.int("delivery_mode")?;
+            let delivery_mode = DeliveryMode::from_bits(dm).ok_or(VectorError::FieldRange {
+                name: "delivery_mode".to_string(),
+                value: dm.into(),
+            })?;
+            let m = CompatMsi {
+                dest_id: f.int("dest_id")?,
+                dest_mode_logical: f.flag("dest_mode_logical")?,
+                redirection_hint: f.flag("redirection_hint")?,
+                vector: f.int("vector")?,
+                delivery_mode,
+                level_assert: f.flag("level_assert")?,
+                trigger_level: f.flag("trigger_level")?,
+            };
+            m.encode_form(DestForm::HighAddress)
+                .map_err(|e| hw(HwError::Msi(e)))?
+                .to_bytes()
+                .to_vec()
+        }
         HwKind::CompatMsi => {
             let ext = bool_param(params, "ext_dest_id")?;
             let dm: u8 = f.int("delivery_mode")?;

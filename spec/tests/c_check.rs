@@ -9,8 +9,8 @@ use std::process::Command;
 
 use vir_abi::hw::amd::AmdRemapIrte;
 use vir_abi::hw::{
-    AmdIrte32Entry, AmdIrte128, AmdMsi, ApicMode, CompatMsi, DeliveryMode, PostedDescriptor,
-    PostedIrte, RemappableMsi, RemappedIrte, Svt,
+    AmdIrte32Entry, AmdIrte128, AmdMsi, ApicMode, CompatMsi, DeliveryMode, DestForm,
+    PostedDescriptor, PostedIrte, RemappableMsi, RemappedIrte, Svt,
 };
 use vir_abi::status::Status;
 use vir_abi::wire::{
@@ -151,6 +151,30 @@ fn rust_encodings() -> BTreeMap<&'static str, Vec<u8>> {
     m.insert(
         "compat_msi_ext_dest",
         compat.encode(true).unwrap().to_bytes().to_vec(),
+    );
+    m.insert(
+        "compat_msi_x2apic_hi",
+        CompatMsi {
+            dest_id: 0x1234,
+            vector: 0x45,
+            level_assert: true,
+            ..compat
+        }
+        .encode_form(DestForm::HighAddress)
+        .unwrap()
+        .to_bytes()
+        .to_vec(),
+    );
+    m.insert(
+        "amd_msi_2k_dm",
+        AmdMsi {
+            index: 0x345,
+            address_dm: true,
+        }
+        .encode()
+        .unwrap()
+        .to_bytes()
+        .to_vec(),
     );
     let remapped = RemappedIrte {
         present: true,
