@@ -263,13 +263,16 @@ impl AmdIrte32Entry {
                 value: self.int_type as u64,
             });
         }
-        Ok(self.remap_en as u32
-            | (self.sup_iopf as u32) << 1
-            | (self.int_type as u32) << 2
-            | (self.rq_eoi as u32) << 5
-            | (self.dest_mode_logical as u32) << 6
-            | (self.destination as u32) << 8
-            | (self.vector as u32) << 16)
+        Ok(AmdIrte32::new()
+            .with_remap_en(self.remap_en)
+            .with_sup_iopf(self.sup_iopf)
+            .with_int_type(self.int_type)
+            .with_rq_eoi(self.rq_eoi)
+            .with_dest_mode_logical(self.dest_mode_logical)
+            .with_guest_mode(false)
+            .with_destination(self.destination)
+            .with_vector(self.vector)
+            .to_u32())
     }
 }
 
@@ -478,14 +481,17 @@ impl AmdIrte128 {
                         value: e.int_type as u64,
                     });
                 }
-                Ok(e.remap_en as u128
-                    | (e.sup_iopf as u128) << 1
-                    | (e.int_type as u128) << 2
-                    | (e.rq_eoi as u128) << 5
-                    | (e.dest_mode_logical as u128) << 6
-                    | ((e.destination & 0xFF_FFFF) as u128) << 8
-                    | (e.vector as u128) << 64
-                    | ((e.destination >> 24) as u128) << 120)
+                Ok(AmdIrte128RemapBits::new()
+                    .with_remap_en(e.remap_en)
+                    .with_sup_iopf(e.sup_iopf)
+                    .with_int_type(e.int_type)
+                    .with_rq_eoi(e.rq_eoi)
+                    .with_dest_mode_logical(e.dest_mode_logical)
+                    .with_guest_mode(false)
+                    .with_destination_23_0(e.destination & 0xFF_FFFF)
+                    .with_vector(e.vector)
+                    .with_destination_31_24((e.destination >> 24) as u8)
+                    .to_u128())
             }
             Self::Guest(e) => {
                 if e.backing_page & 0xFFF != 0 {
@@ -497,16 +503,19 @@ impl AmdIrte128 {
                         value: e.backing_page,
                     });
                 }
-                Ok(e.remap_en as u128
-                    | (e.sup_iopf as u128) << 1
-                    | (e.ga_log_intr as u128) << 2
-                    | (e.is_run as u128) << 6
-                    | GUEST_MODE
-                    | ((e.destination & 0xFF_FFFF) as u128) << 8
-                    | (e.ga_tag as u128) << 32
-                    | (e.vector as u128) << 64
-                    | ((e.backing_page >> 12) as u128) << 76
-                    | ((e.destination >> 24) as u128) << 120)
+                // The page is below 2^52 (checked above), so page >> 12 fits 40 bits.
+                Ok(AmdIrte128GuestBits::new()
+                    .with_remap_en(e.remap_en)
+                    .with_sup_iopf(e.sup_iopf)
+                    .with_ga_log_intr(e.ga_log_intr)
+                    .with_is_run(e.is_run)
+                    .with_guest_mode(true)
+                    .with_destination_23_0(e.destination & 0xFF_FFFF)
+                    .with_ga_tag(e.ga_tag)
+                    .with_vector(e.vector)
+                    .with_ga_root_ptr(e.backing_page >> 12)
+                    .with_destination_31_24((e.destination >> 24) as u8)
+                    .to_u128())
             }
         }
     }

@@ -249,16 +249,20 @@ impl CompatMsi {
                 max,
             });
         }
-        let address = MSI_ADDRESS_BASE
-            | ((self.dest_id & 0xFF) << 12)
-            | (((self.dest_id >> 8) & 0x7F) << 5)
-            | ((self.redirection_hint as u32) << 3)
-            | ((self.dest_mode_logical as u32) << 2);
-        let data = self.vector as u32
-            | ((self.delivery_mode.bits() as u32) << 8)
-            | ((self.level_assert as u32) << 14)
-            | ((self.trigger_level as u32) << 15);
-        Ok(MsiMessage::new(address, 0, data))
+        // dest_id ≤ 32767 here, so bits 14:8 fit the 7-bit extended destination ID.
+        let address = CompatAddress::new()
+            .with_dest_mode_logical(self.dest_mode_logical)
+            .with_redirection_hint(self.redirection_hint)
+            .with_remappable(false)
+            .with_ext_dest_id(((self.dest_id >> 8) & 0x7F) as u8)
+            .with_dest_id((self.dest_id & 0xFF) as u8)
+            .with_base((MSI_ADDRESS_BASE >> 20) as u16);
+        let data = CompatData::new()
+            .with_vector(self.vector)
+            .with_delivery_mode(self.delivery_mode.bits())
+            .with_level_assert(self.level_assert)
+            .with_trigger_level(self.trigger_level);
+        Ok(MsiMessage::new(address.to_u32(), 0, data.to_u32()))
     }
 
     /// Decodes a compatibility-format message. Checks, in order: high address zero, address

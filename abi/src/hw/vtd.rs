@@ -658,11 +658,11 @@ impl fmt::Display for IrteError {
     }
 }
 
-fn check_width(field: IrteField, value: u8, bits: u32) -> Result<u128, IrteError> {
+fn check_width(field: IrteField, value: u8, bits: u32) -> Result<u8, IrteError> {
     if (value as u32) >> bits != 0 {
         Err(IrteError::FieldOutOfRange { field, value })
     } else {
-        Ok(value as u128)
+        Ok(value)
     }
 }
 
@@ -705,18 +705,22 @@ impl RemappedIrte {
             ApicMode::XApic if self.dest <= 0xFF => self.dest << 8,
             ApicMode::XApic => return Err(IrteError::XApicDestinationTooLarge(self.dest)),
         };
-        Ok((self.present as u128)
-            | (self.fpd as u128) << 1
-            | (self.dest_mode_logical as u128) << 2
-            | (self.redirection_hint as u128) << 3
-            | (self.trigger_level as u128) << 4
-            | dlm << 5
-            | avail << 8
-            | (self.vector as u128) << 16
-            | (dst as u128) << 32
-            | (self.sid as u128) << 64
-            | sq << 80
-            | (self.svt.bits() as u128) << 82)
+        // Every value fits its field: the widths were checked above and the rest are exact.
+        Ok(RemappedIrteBits::new()
+            .with_present(self.present)
+            .with_fpd(self.fpd)
+            .with_dest_mode_logical(self.dest_mode_logical)
+            .with_redirection_hint(self.redirection_hint)
+            .with_trigger_level(self.trigger_level)
+            .with_delivery_mode(dlm)
+            .with_avail(avail)
+            .with_posted(false)
+            .with_vector(self.vector)
+            .with_dst(dst)
+            .with_sid(self.sid)
+            .with_sq(sq)
+            .with_svt(self.svt.bits())
+            .to_u128())
     }
 
     /// The source-id check of this entry for `requester_id` ([`sid_matches`]).
@@ -753,19 +757,21 @@ impl PostedIrte {
         if self.pda & 0x3F != 0 {
             return Err(IrteError::MisalignedPda(self.pda));
         }
-        let pda_31_6 = ((self.pda as u32) >> 6) as u128;
-        let pda_63_32 = (self.pda >> 32) as u128;
-        Ok((self.present as u128)
-            | (self.fpd as u128) << 1
-            | avail << 8
-            | (self.urgent as u128) << 14
-            | 1 << 15
-            | (self.vector as u128) << 16
-            | pda_31_6 << 38
-            | (self.sid as u128) << 64
-            | sq << 80
-            | (self.svt.bits() as u128) << 82
-            | pda_63_32 << 96)
+        // Every value fits its field: the widths were checked above, the PDA halves are cut to
+        // 26 and 32 bits, the rest are exact.
+        Ok(PostedIrteBits::new()
+            .with_present(self.present)
+            .with_fpd(self.fpd)
+            .with_avail(avail)
+            .with_urgent(self.urgent)
+            .with_posted(true)
+            .with_vector(self.vector)
+            .with_pda_31_6((self.pda as u32) >> 6)
+            .with_sid(self.sid)
+            .with_sq(sq)
+            .with_svt(self.svt.bits())
+            .with_pda_63_32((self.pda >> 32) as u32)
+            .to_u128())
     }
 
     /// The source-id check of this entry for `requester_id` ([`sid_matches`]).
