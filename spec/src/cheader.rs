@@ -33,7 +33,8 @@ use vir_abi::hw::msi::{self as hwmsi, CompatAddress, CompatData, DeliveryMode};
 use vir_abi::hw::posted::PostedDescriptor;
 use vir_abi::hw::vtd::{self, IrtaBits, PostedIrteBits, RemappableAddress, RemappedIrteBits};
 use vir_abi::hw::{
-    AmdIrte32, AmdMsi, Irta, MSI_ADDRESS_BASE, MSI_ADDRESS_BASE_MASK, Svt, VtdFaultReason,
+    AmdIrte32, AmdMsi, FieldDesc, Irta, MSI_ADDRESS_BASE, MSI_ADDRESS_BASE_MASK, Svt,
+    VtdFaultReason,
 };
 use vir_abi::layout::{FieldType, StructDesc};
 use vir_abi::status::Status;
@@ -70,7 +71,7 @@ pub enum HeaderError {
         /// The format's macro prefix.
         format: &'static str,
         /// The field.
-        field: &'static str,
+        field: String,
         /// The mask.
         mask: u128,
     },
@@ -79,7 +80,7 @@ pub enum HeaderError {
         /// The format's macro prefix.
         format: &'static str,
         /// The field.
-        field: &'static str,
+        field: String,
         /// The mask.
         mask: u128,
     },
@@ -205,10 +206,10 @@ fn c_comment(s: &str) -> String {
 }
 
 /// One field of a hardware format: its name and its mask in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BitField {
     /// Upper-case field name used in the macro names.
-    pub name: &'static str,
+    pub name: String,
     /// The field's bits.
     pub mask: u128,
 }
@@ -250,10 +251,22 @@ pub struct BitFormat {
 macro_rules! bitfields {
     ($t:ty, $from:ident, $to:ident, $all:expr; $($name:literal => $get:ident / $with:ident),* $(,)?) => {
         vec![$(BitField {
-            name: $name,
+            name: $name.to_string(),
             mask: u128::from(<$t>::new().$with(<$t>::$from($all).$get()).$to()),
         }),*]
     };
+}
+
+/// The fields of a format from its abi field descriptors (`FIELDS`): the macro name is the
+/// descriptor's name in upper case, the mask its bit range.
+fn from_descs(fields: &[FieldDesc]) -> Vec<BitField> {
+    fields
+        .iter()
+        .map(|d| BitField {
+            name: d.name.to_ascii_uppercase(),
+            mask: d.mask(),
+        })
+        .collect()
 }
 
 /// The mask of a 16-bit notification flag of the posted descriptor, found through its setter.
@@ -289,16 +302,16 @@ fn info_leaf_fields() -> (Vec<BitField>, Vec<BitField>) {
     (
         vec![
             BitField {
-                name: "MIN_VERSION",
+                name: "MIN_VERSION".to_string(),
                 mask: u128::from(min[0]),
             },
             BitField {
-                name: "MAX_VERSION",
+                name: "MAX_VERSION".to_string(),
                 mask: u128::from(max[0]),
             },
         ],
         vec![BitField {
-            name: "DOORBELL_PORT",
+            name: "DOORBELL_PORT".to_string(),
             mask: u128::from(port[2]),
         }],
     )
@@ -332,26 +345,14 @@ pub fn hw_formats() -> Vec<BitFormat> {
             prefix: "VIR_MSI_ADDR",
             bits: 32,
             title: "x86 MSI address (low 32 bits), compatibility format",
-            fields: bitfields!(CompatAddress, from_u32, to_u32, u32::MAX;
-                "DEST_MODE_LOGICAL" => dest_mode_logical / with_dest_mode_logical,
-                "REDIRECTION_HINT" => redirection_hint / with_redirection_hint,
-                "REMAPPABLE" => remappable / with_remappable,
-                "EXT_DEST_ID" => ext_dest_id / with_ext_dest_id,
-                "DEST_ID" => dest_id / with_dest_id,
-                "BASE" => base / with_base,
-            ),
+            fields: from_descs(CompatAddress::FIELDS),
             reserved: u128::from(CompatAddress::RESERVED_MASK),
         },
         BitFormat {
             prefix: "VIR_MSI_DATA",
             bits: 32,
             title: "x86 MSI data, compatibility format",
-            fields: bitfields!(CompatData, from_u32, to_u32, u32::MAX;
-                "VECTOR" => vector / with_vector,
-                "DELIVERY_MODE" => delivery_mode / with_delivery_mode,
-                "LEVEL_ASSERT" => level_assert / with_level_assert,
-                "TRIGGER_LEVEL" => trigger_level / with_trigger_level,
-            ),
+            fields: from_descs(CompatData::FIELDS),
             reserved: u128::from(CompatData::RESERVED_MASK),
         },
         BitFormat {
@@ -371,40 +372,14 @@ pub fn hw_formats() -> Vec<BitFormat> {
             prefix: "VIR_VTD_IRTE_REMAPPED",
             bits: 128,
             title: "VT-d IRTE, remapped format (IM = 0)",
-            fields: bitfields!(RemappedIrteBits, from_u128, to_u128, u128::MAX;
-                "PRESENT" => present / with_present,
-                "FPD" => fpd / with_fpd,
-                "DEST_MODE_LOGICAL" => dest_mode_logical / with_dest_mode_logical,
-                "REDIRECTION_HINT" => redirection_hint / with_redirection_hint,
-                "TRIGGER_LEVEL" => trigger_level / with_trigger_level,
-                "DELIVERY_MODE" => delivery_mode / with_delivery_mode,
-                "AVAIL" => avail / with_avail,
-                "IM" => posted / with_posted,
-                "VECTOR" => vector / with_vector,
-                "DST" => dst / with_dst,
-                "SID" => sid / with_sid,
-                "SQ" => sq / with_sq,
-                "SVT" => svt / with_svt,
-            ),
+            fields: from_descs(RemappedIrteBits::FIELDS),
             reserved: RemappedIrteBits::RESERVED_MASK,
         },
         BitFormat {
             prefix: "VIR_VTD_IRTE_POSTED",
             bits: 128,
             title: "VT-d IRTE, posted format (IM = 1)",
-            fields: bitfields!(PostedIrteBits, from_u128, to_u128, u128::MAX;
-                "PRESENT" => present / with_present,
-                "FPD" => fpd / with_fpd,
-                "AVAIL" => avail / with_avail,
-                "URGENT" => urgent / with_urgent,
-                "IM" => posted / with_posted,
-                "VECTOR" => vector / with_vector,
-                "PDA_31_6" => pda_31_6 / with_pda_31_6,
-                "SID" => sid / with_sid,
-                "SQ" => sq / with_sq,
-                "SVT" => svt / with_svt,
-                "PDA_63_32" => pda_63_32 / with_pda_63_32,
-            ),
+            fields: from_descs(PostedIrteBits::FIELDS),
             reserved: PostedIrteBits::RESERVED_MASK,
         },
         BitFormat {
@@ -424,11 +399,11 @@ pub fn hw_formats() -> Vec<BitFormat> {
             title: "posted-interrupt descriptor, 16-bit notifications field (descriptor bits 271:256)",
             fields: vec![
                 BitField {
-                    name: "ON",
+                    name: "ON".to_string(),
                     mask: u128::from(pi_flag(PostedDescriptor::set_on)),
                 },
                 BitField {
-                    name: "SN",
+                    name: "SN".to_string(),
                     mask: u128::from(pi_flag(PostedDescriptor::set_sn)),
                 },
             ],
@@ -441,7 +416,7 @@ pub fn hw_formats() -> Vec<BitFormat> {
             bits: 32,
             title: "AMD-Vi remapped MSI address (low 32 bits; high 32 bits are 0)",
             fields: vec![BitField {
-                name: "DM",
+                name: "DM".to_string(),
                 mask: u128::from(amd_dm),
             }],
             reserved: 0,
@@ -451,7 +426,7 @@ pub fn hw_formats() -> Vec<BitFormat> {
             bits: 32,
             title: "AMD-Vi remapped MSI data",
             fields: vec![BitField {
-                name: "INDEX",
+                name: "INDEX".to_string(),
                 mask: u128::from(AmdMsi::DATA_INDEX_MASK),
             }],
             reserved: u128::from(!AmdMsi::DATA_INDEX_MASK),
@@ -460,51 +435,21 @@ pub fn hw_formats() -> Vec<BitFormat> {
             prefix: "VIR_AMD_IRTE32",
             bits: 32,
             title: "AMD-Vi 32-bit IRTE",
-            fields: bitfields!(AmdIrte32, from_u32, to_u32, u32::MAX;
-                "REMAP_EN" => remap_en / with_remap_en,
-                "SUP_IOPF" => sup_iopf / with_sup_iopf,
-                "INT_TYPE" => int_type / with_int_type,
-                "RQ_EOI" => rq_eoi / with_rq_eoi,
-                "DEST_MODE_LOGICAL" => dest_mode_logical / with_dest_mode_logical,
-                "GUEST_MODE" => guest_mode / with_guest_mode,
-                "DESTINATION" => destination / with_destination,
-                "VECTOR" => vector / with_vector,
-            ),
+            fields: from_descs(AmdIrte32::FIELDS),
             reserved: u128::from(AmdIrte32::RESERVED_MASK),
         },
         BitFormat {
             prefix: "VIR_AMD_IRTE128_REMAP",
             bits: 128,
             title: "AMD-Vi 128-bit IRTE, remapped mode (GuestMode = 0)",
-            fields: bitfields!(AmdIrte128RemapBits, from_u128, to_u128, u128::MAX;
-                "REMAP_EN" => remap_en / with_remap_en,
-                "SUP_IOPF" => sup_iopf / with_sup_iopf,
-                "INT_TYPE" => int_type / with_int_type,
-                "RQ_EOI" => rq_eoi / with_rq_eoi,
-                "DEST_MODE_LOGICAL" => dest_mode_logical / with_dest_mode_logical,
-                "GUEST_MODE" => guest_mode / with_guest_mode,
-                "DESTINATION_23_0" => destination_23_0 / with_destination_23_0,
-                "VECTOR" => vector / with_vector,
-                "DESTINATION_31_24" => destination_31_24 / with_destination_31_24,
-            ),
+            fields: from_descs(AmdIrte128RemapBits::FIELDS),
             reserved: AmdIrte128RemapBits::RESERVED_MASK,
         },
         BitFormat {
             prefix: "VIR_AMD_IRTE128_GUEST",
             bits: 128,
             title: "AMD-Vi 128-bit IRTE, guest virtual APIC mode (GuestMode = 1)",
-            fields: bitfields!(AmdIrte128GuestBits, from_u128, to_u128, u128::MAX;
-                "REMAP_EN" => remap_en / with_remap_en,
-                "SUP_IOPF" => sup_iopf / with_sup_iopf,
-                "GA_LOG_INTR" => ga_log_intr / with_ga_log_intr,
-                "IS_RUN" => is_run / with_is_run,
-                "GUEST_MODE" => guest_mode / with_guest_mode,
-                "DESTINATION_23_0" => destination_23_0 / with_destination_23_0,
-                "GA_TAG" => ga_tag / with_ga_tag,
-                "VECTOR" => vector / with_vector,
-                "GA_ROOT_PTR" => ga_root_ptr / with_ga_root_ptr,
-                "DESTINATION_31_24" => destination_31_24 / with_destination_31_24,
-            ),
+            fields: from_descs(AmdIrte128GuestBits::FIELDS),
             reserved: AmdIrte128GuestBits::RESERVED_MASK,
         },
     ]
@@ -577,14 +522,14 @@ fn hw_format_defines(out: &mut String, f: &BitFormat) -> Result<(), HeaderError>
             if field.width() != field.high_bit() - low + 1 {
                 return Err(HeaderError::NonContiguousMask {
                     format: f.prefix,
-                    field: field.name,
+                    field: field.name.clone(),
                     mask: field.mask,
                 });
             }
             if f.bits == 128 && (low < 64) != (field.high_bit() < 64) {
                 return Err(HeaderError::SpansWords {
                     format: f.prefix,
-                    field: field.name,
+                    field: field.name.clone(),
                     mask: field.mask,
                 });
             }

@@ -13,6 +13,7 @@ use zerocopy::byteorder::little_endian::{U32, U128};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::MSI_ADDRESS_BASE;
+use super::fields::FieldDesc;
 use super::msi::MsiMessage;
 
 // ---------------------------------------------------------------------------------------------
@@ -193,6 +194,67 @@ pub struct AmdIrte32 {
 }
 
 impl AmdIrte32 {
+    /// Every named field (reserved bits excluded), lowest first: name, Linux kernel name,
+    /// bit range (from the layout) and meaning.
+    pub const FIELDS: &'static [FieldDesc] = &[
+        FieldDesc::new(
+            "remap_en",
+            Some("valid"),
+            Self::REMAP_EN_OFFSET,
+            Self::REMAP_EN_BITS,
+            "RemapEn: the entry remaps",
+        ),
+        FieldDesc::new(
+            "sup_iopf",
+            Some("no_fault"),
+            Self::SUP_IOPF_OFFSET,
+            Self::SUP_IOPF_BITS,
+            "SupIOPF: suppress I/O page fault logging",
+        ),
+        FieldDesc::new(
+            "int_type",
+            Some("int_type"),
+            Self::INT_TYPE_OFFSET,
+            Self::INT_TYPE_BITS,
+            "IntType: 0 fixed, 1 arbitrated",
+        ),
+        FieldDesc::new(
+            "rq_eoi",
+            Some("rq_eoi"),
+            Self::RQ_EOI_OFFSET,
+            Self::RQ_EOI_BITS,
+            "RqEoi: request EOI",
+        ),
+        FieldDesc::new(
+            "dest_mode_logical",
+            Some("dm"),
+            Self::DEST_MODE_LOGICAL_OFFSET,
+            Self::DEST_MODE_LOGICAL_BITS,
+            "DM: destination mode, 1 logical",
+        ),
+        FieldDesc::new(
+            "guest_mode",
+            None,
+            Self::GUEST_MODE_OFFSET,
+            Self::GUEST_MODE_BITS,
+            "GuestMode: must be 0 in the 32-bit format",
+        ),
+        FieldDesc::new(
+            "destination",
+            Some("destination"),
+            Self::DESTINATION_OFFSET,
+            Self::DESTINATION_BITS,
+            "destination APIC ID",
+        ),
+        FieldDesc::new(
+            "vector",
+            Some("vector"),
+            Self::VECTOR_OFFSET,
+            Self::VECTOR_BITS,
+            "vector",
+        ),
+    ];
+
     /// Reserved bits (31:24).
     pub const RESERVED_MASK: u32 = 0xFF00_0000;
 
@@ -309,6 +371,74 @@ pub struct AmdIrte128RemapBits {
 }
 
 impl AmdIrte128RemapBits {
+    /// Every named field (reserved bits excluded), lowest first: name, Linux kernel name,
+    /// bit range (from the layout) and meaning.
+    pub const FIELDS: &'static [FieldDesc] = &[
+        FieldDesc::new(
+            "remap_en",
+            Some("valid"),
+            Self::REMAP_EN_OFFSET,
+            Self::REMAP_EN_BITS,
+            "RemapEn: the entry remaps",
+        ),
+        FieldDesc::new(
+            "sup_iopf",
+            Some("no_fault"),
+            Self::SUP_IOPF_OFFSET,
+            Self::SUP_IOPF_BITS,
+            "SupIOPF: suppress I/O page fault logging",
+        ),
+        FieldDesc::new(
+            "int_type",
+            Some("int_type"),
+            Self::INT_TYPE_OFFSET,
+            Self::INT_TYPE_BITS,
+            "IntType: 0 fixed, 1 arbitrated",
+        ),
+        FieldDesc::new(
+            "rq_eoi",
+            Some("rq_eoi"),
+            Self::RQ_EOI_OFFSET,
+            Self::RQ_EOI_BITS,
+            "RqEoi: request EOI",
+        ),
+        FieldDesc::new(
+            "dest_mode_logical",
+            Some("dm"),
+            Self::DEST_MODE_LOGICAL_OFFSET,
+            Self::DEST_MODE_LOGICAL_BITS,
+            "DM: destination mode, 1 logical",
+        ),
+        FieldDesc::new(
+            "guest_mode",
+            Some("guest_mode"),
+            Self::GUEST_MODE_OFFSET,
+            Self::GUEST_MODE_BITS,
+            "GuestMode: 0 remapped",
+        ),
+        FieldDesc::new(
+            "destination_23_0",
+            Some("destination"),
+            Self::DESTINATION_23_0_OFFSET,
+            Self::DESTINATION_23_0_BITS,
+            "destination APIC ID bits 23:0",
+        ),
+        FieldDesc::new(
+            "vector",
+            Some("vector"),
+            Self::VECTOR_OFFSET,
+            Self::VECTOR_BITS,
+            "vector",
+        ),
+        FieldDesc::new(
+            "destination_31_24",
+            None,
+            Self::DESTINATION_31_24_OFFSET,
+            Self::DESTINATION_31_24_BITS,
+            "destination APIC ID bits 31:24 (irte_ga_hi.destination)",
+        ),
+    ];
+
     /// Reserved bits outside guest mode: 63:32, 119:72.
     pub const RESERVED_MASK: u128 = (0xFFFF_FFFF << 32) | (0xFFFF_FFFF_FFFF << 72);
 
@@ -362,6 +492,81 @@ pub struct AmdIrte128GuestBits {
 }
 
 impl AmdIrte128GuestBits {
+    /// Every named field (reserved bits excluded), lowest first: name, Linux kernel name,
+    /// bit range (from the layout) and meaning.
+    pub const FIELDS: &'static [FieldDesc] = &[
+        FieldDesc::new(
+            "remap_en",
+            Some("valid"),
+            Self::REMAP_EN_OFFSET,
+            Self::REMAP_EN_BITS,
+            "RemapEn: the entry remaps",
+        ),
+        FieldDesc::new(
+            "sup_iopf",
+            Some("no_fault"),
+            Self::SUP_IOPF_OFFSET,
+            Self::SUP_IOPF_BITS,
+            "SupIOPF: suppress I/O page fault logging",
+        ),
+        FieldDesc::new(
+            "ga_log_intr",
+            Some("ga_log_intr"),
+            Self::GA_LOG_INTR_OFFSET,
+            Self::GA_LOG_INTR_BITS,
+            "GALogIntr: log to the GA log when not running",
+        ),
+        FieldDesc::new(
+            "is_run",
+            Some("is_run"),
+            Self::IS_RUN_OFFSET,
+            Self::IS_RUN_BITS,
+            "IsRun: the vCPU is running",
+        ),
+        FieldDesc::new(
+            "guest_mode",
+            Some("guest_mode"),
+            Self::GUEST_MODE_OFFSET,
+            Self::GUEST_MODE_BITS,
+            "GuestMode: 1 guest virtual APIC",
+        ),
+        FieldDesc::new(
+            "destination_23_0",
+            Some("destination"),
+            Self::DESTINATION_23_0_OFFSET,
+            Self::DESTINATION_23_0_BITS,
+            "physical APIC ID bits 23:0 for the doorbell",
+        ),
+        FieldDesc::new(
+            "ga_tag",
+            Some("ga_tag"),
+            Self::GA_TAG_OFFSET,
+            Self::GA_TAG_BITS,
+            "GA tag, logged in the GA log",
+        ),
+        FieldDesc::new(
+            "vector",
+            Some("vector"),
+            Self::VECTOR_OFFSET,
+            Self::VECTOR_BITS,
+            "guest vector",
+        ),
+        FieldDesc::new(
+            "ga_root_ptr",
+            Some("ga_root_ptr"),
+            Self::GA_ROOT_PTR_OFFSET,
+            Self::GA_ROOT_PTR_BITS,
+            "vAPIC backing page address bits 51:12",
+        ),
+        FieldDesc::new(
+            "destination_31_24",
+            None,
+            Self::DESTINATION_31_24_OFFSET,
+            Self::DESTINATION_31_24_BITS,
+            "physical APIC ID bits 31:24 (irte_ga_hi.destination)",
+        ),
+    ];
+
     /// Reserved bits in guest mode: 5:3, 75:72, 119:116.
     pub const RESERVED_MASK: u128 = (0x7 << 3) | (0xF << 72) | (0xF << 116);
 

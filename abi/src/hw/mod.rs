@@ -27,6 +27,7 @@
 //!   re-encodes to the same bits except for bits documented as *don't care*.
 
 pub mod amd;
+pub mod fields;
 pub mod msi;
 pub mod posted;
 pub mod vtd;
@@ -37,6 +38,7 @@ pub use amd::{
     AmdGuestIrte, AmdIrte32, AmdIrte32Entry, AmdIrte128, AmdIrteError, AmdIrteField, AmdMsi,
     AmdMsiError, AmdRemapIrte,
 };
+pub use fields::FieldDesc;
 pub use msi::{
     CompatAddress, CompatData, CompatMsi, DeliveryMode, DestForm, MessageKind, MsiError,
     MsiMessage, classify,

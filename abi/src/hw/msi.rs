@@ -21,6 +21,7 @@ use bitfield_struct::bitfield;
 use zerocopy::byteorder::little_endian::U32;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use super::fields::FieldDesc;
 use super::{LengthError, MSI_ADDRESS_BASE, MSI_ADDRESS_BASE_MASK};
 
 /// Address bit 4: the interrupt format bit (1 = VT-d remappable format, 0 = compatibility).
@@ -119,6 +120,53 @@ pub struct CompatAddress {
 }
 
 impl CompatAddress {
+    /// Every named field (reserved bits excluded), lowest first: name, Linux kernel name,
+    /// bit range (from the layout) and meaning.
+    pub const FIELDS: &'static [FieldDesc] = &[
+        FieldDesc::new(
+            "dest_mode_logical",
+            Some("dest_mode_logical"),
+            Self::DEST_MODE_LOGICAL_OFFSET,
+            Self::DEST_MODE_LOGICAL_BITS,
+            "destination mode, 1 logical",
+        ),
+        FieldDesc::new(
+            "redirection_hint",
+            Some("redirect_hint"),
+            Self::REDIRECTION_HINT_OFFSET,
+            Self::REDIRECTION_HINT_BITS,
+            "redirection hint",
+        ),
+        FieldDesc::new(
+            "remappable",
+            None,
+            Self::REMAPPABLE_OFFSET,
+            Self::REMAPPABLE_BITS,
+            "interrupt format: 0 compatibility",
+        ),
+        FieldDesc::new(
+            "ext_dest_id",
+            Some("virt_destid_8_14"),
+            Self::EXT_DEST_ID_OFFSET,
+            Self::EXT_DEST_ID_BITS,
+            "extended destination ID: APIC ID bits 14:8",
+        ),
+        FieldDesc::new(
+            "dest_id",
+            Some("destid_0_7"),
+            Self::DEST_ID_OFFSET,
+            Self::DEST_ID_BITS,
+            "APIC ID bits 7:0",
+        ),
+        FieldDesc::new(
+            "base",
+            Some("base_address"),
+            Self::BASE_OFFSET,
+            Self::BASE_BITS,
+            "0xFEE",
+        ),
+    ];
+
     /// Reserved bits (1:0).
     pub const RESERVED_MASK: u32 = 0x0000_0003;
 
@@ -156,6 +204,39 @@ pub struct CompatData {
 }
 
 impl CompatData {
+    /// Every named field (reserved bits excluded), lowest first: name, Linux kernel name,
+    /// bit range (from the layout) and meaning.
+    pub const FIELDS: &'static [FieldDesc] = &[
+        FieldDesc::new(
+            "vector",
+            Some("vector"),
+            Self::VECTOR_OFFSET,
+            Self::VECTOR_BITS,
+            "vector",
+        ),
+        FieldDesc::new(
+            "delivery_mode",
+            Some("delivery_mode"),
+            Self::DELIVERY_MODE_OFFSET,
+            Self::DELIVERY_MODE_BITS,
+            "delivery mode",
+        ),
+        FieldDesc::new(
+            "level_assert",
+            None,
+            Self::LEVEL_ASSERT_OFFSET,
+            Self::LEVEL_ASSERT_BITS,
+            "level: 1 assert",
+        ),
+        FieldDesc::new(
+            "trigger_level",
+            Some("is_level"),
+            Self::TRIGGER_LEVEL_OFFSET,
+            Self::TRIGGER_LEVEL_BITS,
+            "trigger mode, 1 level",
+        ),
+    ];
+
     /// Reserved bits (11, 13:12, 31:16). Bit 11 is documented as reserved only in code comments
     /// (unconfirmed by the vendors' text); it is treated as reserved.
     pub const RESERVED_MASK: u32 = 0xFFFF_3800;

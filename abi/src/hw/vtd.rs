@@ -27,6 +27,8 @@
 use core::fmt;
 
 use bitfield_struct::bitfield;
+
+use super::fields::FieldDesc;
 use zerocopy::byteorder::little_endian::{U32, U64, U128};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -351,6 +353,102 @@ pub struct RemappedIrteBits {
 }
 
 impl RemappedIrteBits {
+    /// Every named field (reserved bits excluded), lowest first: name, Linux kernel name,
+    /// bit range (from the layout) and meaning.
+    pub const FIELDS: &'static [FieldDesc] = &[
+        FieldDesc::new(
+            "present",
+            Some("present"),
+            Self::PRESENT_OFFSET,
+            Self::PRESENT_BITS,
+            "P: the entry is valid",
+        ),
+        FieldDesc::new(
+            "fpd",
+            Some("fpd"),
+            Self::FPD_OFFSET,
+            Self::FPD_BITS,
+            "FPD: fault processing disable",
+        ),
+        FieldDesc::new(
+            "dest_mode_logical",
+            Some("dst_mode"),
+            Self::DEST_MODE_LOGICAL_OFFSET,
+            Self::DEST_MODE_LOGICAL_BITS,
+            "DM: destination mode, 1 logical",
+        ),
+        FieldDesc::new(
+            "redirection_hint",
+            Some("redir_hint"),
+            Self::REDIRECTION_HINT_OFFSET,
+            Self::REDIRECTION_HINT_BITS,
+            "RH: redirection hint",
+        ),
+        FieldDesc::new(
+            "trigger_level",
+            Some("trigger_mode"),
+            Self::TRIGGER_LEVEL_OFFSET,
+            Self::TRIGGER_LEVEL_BITS,
+            "TM: trigger mode, 1 level",
+        ),
+        FieldDesc::new(
+            "delivery_mode",
+            Some("dlvry_mode"),
+            Self::DELIVERY_MODE_OFFSET,
+            Self::DELIVERY_MODE_BITS,
+            "DLM: delivery mode",
+        ),
+        FieldDesc::new(
+            "avail",
+            Some("avail"),
+            Self::AVAIL_OFFSET,
+            Self::AVAIL_BITS,
+            "AVAIL: free for software",
+        ),
+        FieldDesc::new(
+            "im",
+            Some("pst"),
+            Self::POSTED_OFFSET,
+            Self::POSTED_BITS,
+            "IM: 0 remapped format",
+        ),
+        FieldDesc::new(
+            "vector",
+            Some("vector"),
+            Self::VECTOR_OFFSET,
+            Self::VECTOR_BITS,
+            "vector on the destination CPU",
+        ),
+        FieldDesc::new(
+            "dst",
+            Some("dest_id"),
+            Self::DST_OFFSET,
+            Self::DST_BITS,
+            "DST: x2APIC ID, or xAPIC ID in bits 15:8",
+        ),
+        FieldDesc::new(
+            "sid",
+            Some("sid"),
+            Self::SID_OFFSET,
+            Self::SID_BITS,
+            "SID: source id (requester id)",
+        ),
+        FieldDesc::new(
+            "sq",
+            Some("sq"),
+            Self::SQ_OFFSET,
+            Self::SQ_BITS,
+            "SQ: source-id qualifier",
+        ),
+        FieldDesc::new(
+            "svt",
+            Some("svt"),
+            Self::SVT_OFFSET,
+            Self::SVT_BITS,
+            "SVT: source validation type",
+        ),
+    ];
+
     /// Reserved bits of a remapped IRTE in any mode: 14:12, 31:24, 127:84.
     pub const RESERVED_MASK: u128 = (0x7 << 12) | (0xFF << 24) | (u128::MAX << 84);
 
@@ -423,6 +521,88 @@ pub struct PostedIrteBits {
 }
 
 impl PostedIrteBits {
+    /// Every named field (reserved bits excluded), lowest first: name, Linux kernel name,
+    /// bit range (from the layout) and meaning.
+    pub const FIELDS: &'static [FieldDesc] = &[
+        FieldDesc::new(
+            "present",
+            Some("p_present"),
+            Self::PRESENT_OFFSET,
+            Self::PRESENT_BITS,
+            "P: the entry is valid",
+        ),
+        FieldDesc::new(
+            "fpd",
+            Some("p_fpd"),
+            Self::FPD_OFFSET,
+            Self::FPD_BITS,
+            "FPD: fault processing disable",
+        ),
+        FieldDesc::new(
+            "avail",
+            Some("p_avail"),
+            Self::AVAIL_OFFSET,
+            Self::AVAIL_BITS,
+            "AVAIL: free for software",
+        ),
+        FieldDesc::new(
+            "urgent",
+            Some("p_urgent"),
+            Self::URGENT_OFFSET,
+            Self::URGENT_BITS,
+            "URG: urgent",
+        ),
+        FieldDesc::new(
+            "im",
+            Some("p_pst"),
+            Self::POSTED_OFFSET,
+            Self::POSTED_BITS,
+            "IM: 1 posted format",
+        ),
+        FieldDesc::new(
+            "vector",
+            Some("p_vector"),
+            Self::VECTOR_OFFSET,
+            Self::VECTOR_BITS,
+            "the guest vector set in the PIR",
+        ),
+        FieldDesc::new(
+            "pda_31_6",
+            Some("pda_l"),
+            Self::PDA_31_6_OFFSET,
+            Self::PDA_31_6_BITS,
+            "posted descriptor address bits 31:6",
+        ),
+        FieldDesc::new(
+            "sid",
+            Some("p_sid"),
+            Self::SID_OFFSET,
+            Self::SID_BITS,
+            "SID: source id (requester id)",
+        ),
+        FieldDesc::new(
+            "sq",
+            Some("p_sq"),
+            Self::SQ_OFFSET,
+            Self::SQ_BITS,
+            "SQ: source-id qualifier",
+        ),
+        FieldDesc::new(
+            "svt",
+            Some("p_svt"),
+            Self::SVT_OFFSET,
+            Self::SVT_BITS,
+            "SVT: source validation type",
+        ),
+        FieldDesc::new(
+            "pda_63_32",
+            Some("pda_h"),
+            Self::PDA_63_32_OFFSET,
+            Self::PDA_63_32_BITS,
+            "posted descriptor address bits 63:32",
+        ),
+    ];
+
     /// Reserved bits of a posted IRTE: 7:2, 13:12, 37:24, 95:84.
     pub const RESERVED_MASK: u128 = (0x3F << 2) | (0x3 << 12) | (0x3FFF << 24) | (0xFFF << 84);
 
