@@ -1,8 +1,11 @@
 //! Interrupt remapping table entries (VT-d and AMD-Vi) and the VT-d IRTA register.
 
+use vir_abi::hw::amd::{AmdIrte32, AmdIrte128GuestBits, AmdIrte128RemapBits};
 use vir_abi::hw::amd::{
     INT_TYPE_ARBITRATED, INT_TYPE_FIXED, int_type_is_remappable, int_type_name,
 };
+use vir_abi::hw::fields::{FieldDesc, find};
+use vir_abi::hw::vtd::{PostedIrteBits, RemappedIrteBits};
 use vir_abi::hw::{
     AmdGuestIrte, AmdIrte32Entry, AmdIrte128, AmdIrteError, AmdRemapIrte, ApicMode, Irta, Irte,
     IrteRaw, LengthError, PostedIrte, RemappedIrte, Svt,
@@ -56,22 +59,24 @@ fn guest_mode_names(text: &str) -> Option<u128> {
 
 /// Fields of a remapped VT-d IRTE (IM = 0).
 pub const VTD_REMAPPED_FIELDS: &[FieldSpec] = &[
-    FieldSpec::flag("im").named(im_names).kernel("p_pst"),
+    FieldSpec::flag("im")
+        .named(im_names)
+        .kernel_from(RemappedIrteBits::FIELDS, "im"),
     FieldSpec::flag("present"),
     FieldSpec::flag("fpd"),
     FieldSpec::flag("dest_mode_logical")
         .named(dest_mode_names)
-        .kernel("dst_mode"),
-    FieldSpec::flag("redirection_hint").kernel("redir_hint"),
+        .kernel_from(RemappedIrteBits::FIELDS, "dest_mode_logical"),
+    FieldSpec::flag("redirection_hint").kernel_from(RemappedIrteBits::FIELDS, "redirection_hint"),
     FieldSpec::flag("trigger_level")
         .named(trigger_names)
-        .kernel("trigger_mode"),
+        .kernel_from(RemappedIrteBits::FIELDS, "trigger_level"),
     FieldSpec::num("delivery_mode", 7)
         .named(delivery_mode_names)
-        .kernel("dlvry_mode"),
+        .kernel_from(RemappedIrteBits::FIELDS, "delivery_mode"),
     FieldSpec::num("avail", 0xF),
     FieldSpec::num("vector", 0xFF),
-    FieldSpec::num("dest", u32::MAX as u128).kernel("dest_id"),
+    FieldSpec::num("dest", u32::MAX as u128).kernel_from(RemappedIrteBits::FIELDS, "dst"),
     FieldSpec::num("sid", 0xFFFF),
     FieldSpec::num("sq", 3),
     FieldSpec::num("svt", 3).named(svt_names),
@@ -79,12 +84,14 @@ pub const VTD_REMAPPED_FIELDS: &[FieldSpec] = &[
 
 /// Fields of a posted VT-d IRTE (IM = 1).
 pub const VTD_POSTED_FIELDS: &[FieldSpec] = &[
-    FieldSpec::flag("im").named(im_names).kernel("p_pst"),
-    FieldSpec::flag("present").kernel("p_present"),
-    FieldSpec::flag("fpd").kernel("p_fpd"),
-    FieldSpec::num("avail", 0xF).kernel("p_avail"),
-    FieldSpec::flag("urgent").kernel("p_urgent"),
-    FieldSpec::num("vector", 0xFF).kernel("p_vector"),
+    FieldSpec::flag("im")
+        .named(im_names)
+        .kernel_from(PostedIrteBits::FIELDS, "im"),
+    FieldSpec::flag("present").kernel_from(PostedIrteBits::FIELDS, "present"),
+    FieldSpec::flag("fpd").kernel_from(PostedIrteBits::FIELDS, "fpd"),
+    FieldSpec::num("avail", 0xF).kernel_from(PostedIrteBits::FIELDS, "avail"),
+    FieldSpec::flag("urgent").kernel_from(PostedIrteBits::FIELDS, "urgent"),
+    FieldSpec::num("vector", 0xFF).kernel_from(PostedIrteBits::FIELDS, "vector"),
     FieldSpec::num("pda", u64::MAX as u128),
     FieldSpec::num("sid", 0xFFFF),
     FieldSpec::num("sq", 3),
@@ -100,13 +107,13 @@ pub const IRTA_FIELDS: &[FieldSpec] = &[
 
 /// Fields of a 32-bit AMD-Vi IRTE.
 pub const AMD32_FIELDS: &[FieldSpec] = &[
-    FieldSpec::flag("remap_en").kernel("valid"),
-    FieldSpec::flag("sup_iopf").kernel("no_fault"),
+    FieldSpec::flag("remap_en").kernel_from(AmdIrte32::FIELDS, "remap_en"),
+    FieldSpec::flag("sup_iopf").kernel_from(AmdIrte32::FIELDS, "sup_iopf"),
     FieldSpec::num("int_type", 7).named(int_type_names),
     FieldSpec::flag("rq_eoi"),
     FieldSpec::flag("dest_mode_logical")
         .named(dest_mode_names)
-        .kernel("dm"),
+        .kernel_from(AmdIrte32::FIELDS, "dest_mode_logical"),
     FieldSpec::num("destination", 0xFF),
     FieldSpec::num("vector", 0xFF),
 ];
@@ -114,13 +121,13 @@ pub const AMD32_FIELDS: &[FieldSpec] = &[
 /// Fields of a 128-bit AMD-Vi IRTE in remapped mode (GuestMode = 0).
 pub const AMD128_REMAP_FIELDS: &[FieldSpec] = &[
     FieldSpec::flag("guest_mode").named(guest_mode_names),
-    FieldSpec::flag("remap_en").kernel("valid"),
-    FieldSpec::flag("sup_iopf").kernel("no_fault"),
+    FieldSpec::flag("remap_en").kernel_from(AmdIrte128RemapBits::FIELDS, "remap_en"),
+    FieldSpec::flag("sup_iopf").kernel_from(AmdIrte128RemapBits::FIELDS, "sup_iopf"),
     FieldSpec::num("int_type", 7).named(int_type_names),
     FieldSpec::flag("rq_eoi"),
     FieldSpec::flag("dest_mode_logical")
         .named(dest_mode_names)
-        .kernel("dm"),
+        .kernel_from(AmdIrte128RemapBits::FIELDS, "dest_mode_logical"),
     FieldSpec::num("destination", u32::MAX as u128),
     FieldSpec::num("vector", 0xFF),
 ];
@@ -128,14 +135,18 @@ pub const AMD128_REMAP_FIELDS: &[FieldSpec] = &[
 /// Fields of a 128-bit AMD-Vi IRTE in guest virtual APIC mode (GuestMode = 1).
 pub const AMD128_GUEST_FIELDS: &[FieldSpec] = &[
     FieldSpec::flag("guest_mode").named(guest_mode_names),
-    FieldSpec::flag("remap_en").kernel("valid"),
-    FieldSpec::flag("sup_iopf").kernel("no_fault"),
+    FieldSpec::flag("remap_en").kernel_from(AmdIrte128GuestBits::FIELDS, "remap_en"),
+    FieldSpec::flag("sup_iopf").kernel_from(AmdIrte128GuestBits::FIELDS, "sup_iopf"),
     FieldSpec::flag("ga_log_intr"),
     FieldSpec::flag("is_run"),
     FieldSpec::num("destination", u32::MAX as u128),
     FieldSpec::num("ga_tag", u32::MAX as u128),
     FieldSpec::num("vector", 0xFF),
-    FieldSpec::num("backing_page", u64::MAX as u128).kernel_shifted("ga_root_ptr", 12),
+    FieldSpec::num("backing_page", u64::MAX as u128).kernel_shifted_from(
+        AmdIrte128GuestBits::FIELDS,
+        "ga_root_ptr",
+        12,
+    ),
 ];
 
 /// `bytes` as a little-endian integer of exactly `size` bytes.
@@ -150,6 +161,24 @@ fn entry(ty: HwType, bytes: &[u8], size: usize) -> Result<u128, HwError> {
         ));
     }
     Ok(le_u128(bytes))
+}
+
+/// The position of the field `name` from the abi's descriptor table `fields`.
+fn desc_position(fields: &'static [FieldDesc], name: &str) -> Position {
+    match find(fields, name) {
+        Some(d) => Position::bits(d.hi(), d.lo),
+        None => Position::Derived,
+    }
+}
+
+/// A one-bit line placed by the abi's descriptor of `name`.
+fn dflag(fields: &'static [FieldDesc], name: &str, v: bool) -> Line {
+    Line::new(name, Value::Flag(v), desc_position(fields, name))
+}
+
+/// A numeric line `shown` placed by the abi's descriptor `desc`.
+fn dnum(fields: &'static [FieldDesc], desc: &str, shown: &str, v: impl Into<u128>) -> Line {
+    Line::new(shown, Value::Num(v.into()), desc_position(fields, desc))
 }
 
 /// A one-bit line.
@@ -193,9 +222,9 @@ fn svt_meaning(svt: Svt) -> &'static str {
 
 /// Appends the source-id fields (SID, SQ, SVT; bits 83:64) and their notes.
 fn source_lines(r: &mut Report, sid: u16, sq: u8, svt: Svt) {
-    r.push(num("sid", sid, 79, 64).meaning(sid_meaning(sid, svt)));
-    r.push(num("sq", sq, 81, 80).meaning(sq_meaning(sq)));
-    r.push(num("svt", svt.bits(), 83, 82).meaning(svt_meaning(svt)));
+    r.push(dnum(RemappedIrteBits::FIELDS, "sid", "sid", sid).meaning(sid_meaning(sid, svt)));
+    r.push(dnum(RemappedIrteBits::FIELDS, "sq", "sq", sq).meaning(sq_meaning(sq)));
+    r.push(dnum(RemappedIrteBits::FIELDS, "svt", "svt", svt.bits()).meaning(svt_meaning(svt)));
     match svt {
         Svt::NoCheck => r.note(
             "SVT = 0: no source check; a vIR host programs SVT = 1 with the device's requester id (VIR-SEC-H-001)",
@@ -225,22 +254,42 @@ pub fn decode_vtd(bytes: &[u8], opts: Options) -> Result<Report, HwError> {
 /// Appends the fields of a remapped IRTE.
 fn remapped_lines(r: &mut Report, e: &RemappedIrte, mode: ApicMode) {
     r.format = Some("remapped");
-    r.push(flag("present", e.present, 0));
-    r.push(flag("fpd", e.fpd, 1));
+    r.push(dflag(RemappedIrteBits::FIELDS, "present", e.present));
+    r.push(dflag(RemappedIrteBits::FIELDS, "fpd", e.fpd));
     r.push(
-        flag("dest_mode_logical", e.dest_mode_logical, 2)
-            .meaning(dest_mode_name(e.dest_mode_logical)),
+        dflag(
+            RemappedIrteBits::FIELDS,
+            "dest_mode_logical",
+            e.dest_mode_logical,
+        )
+        .meaning(dest_mode_name(e.dest_mode_logical)),
     );
-    r.push(flag("redirection_hint", e.redirection_hint, 3));
-    r.push(flag("trigger_level", e.trigger_level, 4).meaning(trigger_name(e.trigger_level)));
+    r.push(dflag(
+        RemappedIrteBits::FIELDS,
+        "redirection_hint",
+        e.redirection_hint,
+    ));
     r.push(
-        num("delivery_mode", e.delivery_mode, 7, 5).meaning(delivery_mode_name(e.delivery_mode)),
+        dflag(RemappedIrteBits::FIELDS, "trigger_level", e.trigger_level)
+            .meaning(trigger_name(e.trigger_level)),
     );
-    r.push(num("avail", e.avail, 11, 8));
-    r.push(flag("im", false, 15).meaning("remapped"));
-    r.push(num("vector", e.vector, 23, 16));
+    r.push(
+        dnum(
+            RemappedIrteBits::FIELDS,
+            "delivery_mode",
+            "delivery_mode",
+            e.delivery_mode,
+        )
+        .meaning(delivery_mode_name(e.delivery_mode)),
+    );
+    r.push(dnum(RemappedIrteBits::FIELDS, "avail", "avail", e.avail));
+    r.push(dflag(RemappedIrteBits::FIELDS, "im", false).meaning("remapped"));
+    r.push(dnum(RemappedIrteBits::FIELDS, "vector", "vector", e.vector));
     let (dest_line, mode_name) = match mode {
-        ApicMode::X2Apic => (num("dest", e.dest, 63, 32), "x2APIC"),
+        ApicMode::X2Apic => (
+            dnum(RemappedIrteBits::FIELDS, "dst", "dest", e.dest),
+            "x2APIC",
+        ),
         ApicMode::XApic => (num("dest", e.dest, 47, 40), "xAPIC"),
     };
     r.push(dest_line.meaning(format!("{mode_name} APIC ID")));
@@ -250,12 +299,12 @@ fn remapped_lines(r: &mut Report, e: &RemappedIrte, mode: ApicMode) {
 /// Appends the fields of a posted IRTE.
 fn posted_lines(r: &mut Report, e: &PostedIrte) {
     r.format = Some("posted");
-    r.push(flag("present", e.present, 0));
-    r.push(flag("fpd", e.fpd, 1));
-    r.push(num("avail", e.avail, 11, 8));
-    r.push(flag("urgent", e.urgent, 14));
-    r.push(flag("im", true, 15).meaning("posted"));
-    r.push(num("vector", e.vector, 23, 16).meaning("guest vector"));
+    r.push(dflag(PostedIrteBits::FIELDS, "present", e.present));
+    r.push(dflag(PostedIrteBits::FIELDS, "fpd", e.fpd));
+    r.push(dnum(PostedIrteBits::FIELDS, "avail", "avail", e.avail));
+    r.push(dflag(PostedIrteBits::FIELDS, "urgent", e.urgent));
+    r.push(dflag(PostedIrteBits::FIELDS, "im", true).meaning("posted"));
+    r.push(dnum(PostedIrteBits::FIELDS, "vector", "vector", e.vector).meaning("guest vector"));
     r.push(Line::new(
         "pda",
         Value::Num(u128::from(e.pda)),
@@ -273,9 +322,9 @@ pub fn encode_vtd(assignments: &[Assignment], opts: Options) -> Result<Vec<u8>, 
     let ty = HwType::VtdIrte;
     let im = match assignments
         .iter()
-        .find(|a| a.field == "im" || a.field == "p_pst")
+        .find(|a| a.field == "im" || a.field == "pst" || a.field == "p_pst")
     {
-        Some(a) => parse_value("im", &a.value, 1, &im_names)?,
+        Some(a) => parse_value(&a.field, &a.value, 1, &im_names)?,
         None => 0,
     };
     let raw = if im == 1 {
@@ -357,7 +406,7 @@ pub fn encode_irta(assignments: &[Assignment]) -> Result<Vec<u8>, CliError> {
 /// An IntType line (bits 4:2), with a note when the type is not one a remapped entry
 /// delivers.
 fn int_type_line(r: &mut Report, t: u8) {
-    r.push(num("int_type", t, 4, 2).meaning(int_type_name(t)));
+    r.push(dnum(AmdIrte32::FIELDS, "int_type", "int_type", t).meaning(int_type_name(t)));
     if !int_type_is_remappable(t) {
         r.note(format!(
             "IntType {t} ({}) is not fixed or arbitrated: QEMU's AMD-Vi aborts the interrupt and a vIR host never writes it (VIR-FMT-H-006); encode refuses it",
@@ -413,16 +462,21 @@ pub fn decode_amd32(bytes: &[u8]) -> Result<Report, HwError> {
     };
     let mut r = Report::new(ty.name(), bytes);
     r.format = Some("remapped");
-    r.push(flag("remap_en", e.remap_en, 0));
-    r.push(flag("sup_iopf", e.sup_iopf, 1));
+    r.push(dflag(AmdIrte32::FIELDS, "remap_en", e.remap_en));
+    r.push(dflag(AmdIrte32::FIELDS, "sup_iopf", e.sup_iopf));
     int_type_line(&mut r, e.int_type);
-    r.push(flag("rq_eoi", e.rq_eoi, 5));
+    r.push(dflag(AmdIrte32::FIELDS, "rq_eoi", e.rq_eoi));
     r.push(
-        flag("dest_mode_logical", e.dest_mode_logical, 6)
+        dflag(AmdIrte32::FIELDS, "dest_mode_logical", e.dest_mode_logical)
             .meaning(dest_mode_name(e.dest_mode_logical)),
     );
-    r.push(num("destination", e.destination, 15, 8));
-    r.push(num("vector", e.vector, 23, 16));
+    r.push(dnum(
+        AmdIrte32::FIELDS,
+        "destination",
+        "destination",
+        e.destination,
+    ));
+    r.push(dnum(AmdIrte32::FIELDS, "vector", "vector", e.vector));
     Ok(r)
 }
 
@@ -454,32 +508,61 @@ pub fn decode_amd128(bytes: &[u8]) -> Result<Report, HwError> {
     match e {
         AmdIrte128::Remapped(e) => {
             r.format = Some("remapped");
-            r.push(flag("remap_en", e.remap_en, 0));
-            r.push(flag("sup_iopf", e.sup_iopf, 1));
+            r.push(dflag(AmdIrte128RemapBits::FIELDS, "remap_en", e.remap_en));
+            r.push(dflag(AmdIrte128RemapBits::FIELDS, "sup_iopf", e.sup_iopf));
             int_type_line(&mut r, e.int_type);
-            r.push(flag("rq_eoi", e.rq_eoi, 5));
+            r.push(dflag(AmdIrte128RemapBits::FIELDS, "rq_eoi", e.rq_eoi));
             r.push(
-                flag("dest_mode_logical", e.dest_mode_logical, 6)
-                    .meaning(dest_mode_name(e.dest_mode_logical)),
+                dflag(
+                    AmdIrte128RemapBits::FIELDS,
+                    "dest_mode_logical",
+                    e.dest_mode_logical,
+                )
+                .meaning(dest_mode_name(e.dest_mode_logical)),
             );
-            r.push(flag("guest_mode", false, 7).meaning("remapped"));
+            r.push(dflag(AmdIrte128RemapBits::FIELDS, "guest_mode", false).meaning("remapped"));
             r.push(amd_destination(e.destination));
-            r.push(num("vector", e.vector, 71, 64));
+            r.push(dnum(
+                AmdIrte128RemapBits::FIELDS,
+                "vector",
+                "vector",
+                e.vector,
+            ));
             if !e.remap_en && e.vector == 0xFF && raw == 0xFF << 64 {
                 r.note("Linux's mark of an allocated, not yet programmed 128-bit entry (all zero, vector 0xff; irte_ga_set_allocated): RemapEn = 0, nothing is remapped through it");
             }
         }
         AmdIrte128::Guest(e) => {
             r.format = Some("guest");
-            r.push(flag("remap_en", e.remap_en, 0));
-            r.push(flag("sup_iopf", e.sup_iopf, 1));
-            r.push(flag("ga_log_intr", e.ga_log_intr, 2));
-            r.push(flag("is_run", e.is_run, 6));
-            r.push(flag("guest_mode", true, 7).meaning("guest virtual APIC"));
+            r.push(dflag(AmdIrte128GuestBits::FIELDS, "remap_en", e.remap_en));
+            r.push(dflag(AmdIrte128GuestBits::FIELDS, "sup_iopf", e.sup_iopf));
+            r.push(dflag(
+                AmdIrte128GuestBits::FIELDS,
+                "ga_log_intr",
+                e.ga_log_intr,
+            ));
+            r.push(dflag(AmdIrte128GuestBits::FIELDS, "is_run", e.is_run));
+            r.push(
+                dflag(AmdIrte128GuestBits::FIELDS, "guest_mode", true)
+                    .meaning("guest virtual APIC"),
+            );
             r.push(amd_destination(e.destination));
-            r.push(num("ga_tag", e.ga_tag, 63, 32));
-            r.push(num("vector", e.vector, 71, 64).meaning("guest vector"));
-            r.push(num("backing_page", e.backing_page, 115, 76));
+            r.push(dnum(
+                AmdIrte128GuestBits::FIELDS,
+                "ga_tag",
+                "ga_tag",
+                e.ga_tag,
+            ));
+            r.push(
+                dnum(AmdIrte128GuestBits::FIELDS, "vector", "vector", e.vector)
+                    .meaning("guest vector"),
+            );
+            r.push(dnum(
+                AmdIrte128GuestBits::FIELDS,
+                "ga_root_ptr",
+                "backing_page",
+                e.backing_page,
+            ));
         }
     }
     Ok(r)

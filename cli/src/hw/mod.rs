@@ -10,6 +10,7 @@ mod posted;
 
 use std::fmt;
 
+use vir_abi::hw::fields::{FieldDesc, kernel_name};
 use vir_abi::hw::{
     AmdIrteError, AmdMsiError, ApicMode, IrtaError, IrteError, LengthError, MsiError, PostedError,
     VtdMsiError,
@@ -300,15 +301,22 @@ impl FieldSpec {
         }
     }
 
-    /// The same field with the Linux kernel's name as an alias.
-    pub const fn kernel(mut self, name: &'static str) -> Self {
-        self.kernel = Some(name);
+    /// The same field with the Linux kernel's name that the abi's descriptor `desc` in
+    /// `fields` gives (no alias if the descriptor has none).
+    pub const fn kernel_from(mut self, fields: &'static [FieldDesc], desc: &str) -> Self {
+        self.kernel = kernel_name(fields, desc);
         self
     }
 
-    /// The same field with a kernel alias whose value is this field's value >> `shift`.
-    pub const fn kernel_shifted(mut self, name: &'static str, shift: u32) -> Self {
-        self.kernel = Some(name);
+    /// The same field with the kernel name of the abi's descriptor `desc`, whose value is this
+    /// field's value >> `shift`.
+    pub const fn kernel_shifted_from(
+        mut self,
+        fields: &'static [FieldDesc],
+        desc: &str,
+        shift: u32,
+    ) -> Self {
+        self.kernel = kernel_name(fields, desc);
         self.kernel_shift = shift;
         self
     }
@@ -346,7 +354,15 @@ impl Values {
         assignments: &[Assignment],
     ) -> Result<Self, CliError> {
         let mut names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-        names.extend(specs.iter().filter_map(|s| s.kernel));
+        let aliases: Vec<&str> = specs
+            .iter()
+            .filter_map(|s| s.kernel.filter(|k| *k != s.name))
+            .collect();
+        for k in aliases {
+            if !names.contains(&k) {
+                names.push(k);
+            }
+        }
         check_known(ty, assignments, &names)?;
         let mut values: Vec<(&'static str, u128)> =
             specs.iter().map(|s| (s.name, s.default)).collect();

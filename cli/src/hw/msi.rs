@@ -4,7 +4,8 @@
 //! `0xADDRESS 0xDATA` integer form is converted to that by the input parser).
 
 use vir_abi::hw::{
-    AmdMsi, CompatMsi, DeliveryMode, DestForm, MessageKind, MsiMessage, RemappableMsi, classify,
+    AmdMsi, CompatAddress, CompatData, CompatMsi, DeliveryMode, DestForm, MessageKind, MsiMessage,
+    RemappableMsi, classify,
 };
 
 use super::{
@@ -23,15 +24,15 @@ pub const ANY_FIELDS: &[FieldSpec] = &[
 
 /// Fields of `msi-compat`.
 pub const COMPAT_FIELDS: &[FieldSpec] = &[
-    FieldSpec::num("dest_id", u32::MAX as u128).kernel("destid"),
+    FieldSpec::num("dest_id", u32::MAX as u128),
     FieldSpec::flag("dest_mode_logical").named(dest_mode_names),
-    FieldSpec::flag("redirection_hint").kernel("redirect_hint"),
+    FieldSpec::flag("redirection_hint").kernel_from(CompatAddress::FIELDS, "redirection_hint"),
     FieldSpec::num("vector", 0xFF),
     FieldSpec::num("delivery_mode", 7).named(delivery_mode_names),
     FieldSpec::flag("level_assert"),
     FieldSpec::flag("trigger_level")
         .named(trigger_names)
-        .kernel("is_level"),
+        .kernel_from(CompatData::FIELDS, "trigger_level"),
 ];
 
 /// Fields of `vtd-msi`. SHV defaults to 1, as Linux always sets it.
