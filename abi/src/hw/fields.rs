@@ -96,10 +96,9 @@ pub const fn find(fields: &'static [FieldDesc], name: &str) -> Option<&'static F
 pub const fn find_kernel(fields: &'static [FieldDesc], kernel: &str) -> Option<&'static FieldDesc> {
     let mut rest = fields;
     while let Some((first, tail)) = rest.split_first() {
-        if let Some(k) = first.kernel {
-            if str_eq(k, kernel) {
-                return Some(first);
-            }
+        match first.kernel {
+            Some(k) if str_eq(k, kernel) => return Some(first),
+            _ => {}
         }
         rest = tail;
     }
@@ -164,7 +163,12 @@ mod tests {
                 PostedIrteBits::RESERVED_MASK,
                 true,
             ),
-            (AmdIrte32::FIELDS, 32, u128::from(AmdIrte32::RESERVED_MASK), true),
+            (
+                AmdIrte32::FIELDS,
+                32,
+                u128::from(AmdIrte32::RESERVED_MASK),
+                true,
+            ),
             (
                 AmdIrte128RemapBits::FIELDS,
                 128,
@@ -184,7 +188,12 @@ mod tests {
                 true,
             ),
             // Data bits 31:16 and 13:11 are reserved; the abi's mask lists them all.
-            (CompatData::FIELDS, 32, u128::from(CompatData::RESERVED_MASK), true),
+            (
+                CompatData::FIELDS,
+                32,
+                u128::from(CompatData::RESERVED_MASK),
+                true,
+            ),
         ]
     }
 
