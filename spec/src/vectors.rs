@@ -24,6 +24,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use vir_abi::hw::amd::AmdRemapIrte;
+use vir_abi::hw::amd::{AmdIrte32, AmdIrte128GuestBits, AmdIrte128RemapBits};
+use vir_abi::hw::fields::{FieldDesc, find};
+use vir_abi::hw::vtd::{PostedIrteBits, RemappedIrteBits};
 use vir_abi::hw::{
     AmdGuestIrte, AmdIrte32Entry, AmdIrte128, AmdIrteError, AmdMsi, AmdMsiError, ApicMode,
     CompatMsi, DeliveryMode, DestForm, Irte, IrteError, LengthError, MsiError, MsiMessage,
@@ -226,6 +229,16 @@ pub enum VectorError {
         /// Decoded from the bytes.
         decoded: u128,
     },
+    /// A listed field differs from the bits the abi's field descriptor of the same name reads
+    /// from the bytes.
+    DescriptorMismatch {
+        /// The field.
+        name: String,
+        /// Listed in the file.
+        listed: u128,
+        /// Read through the descriptor's bit range.
+        read: u128,
+    },
     /// Encoding the listed fields gives other bytes than the listed ones.
     BytesMismatch {
         /// Listed in the file.
@@ -267,6 +280,10 @@ impl fmt::Display for VectorError {
                 listed,
                 decoded,
             } => write!(f, "field {name}: listed {listed:#x}, decoded {decoded:#x}"),
+            Self::DescriptorMismatch { name, listed, read } => write!(
+                f,
+                "field {name}: listed {listed:#x}, its descriptor's bits hold {read:#x}"
+            ),
             Self::BytesMismatch { listed, encoded } => write!(
                 f,
                 "encoding the fields gives\n  {}\nthe file lists\n  {}",
@@ -864,8 +881,57 @@ pub fn encode(
     Ok(bytes)
 }
 
-/// Check a vector: its bytes decode to exactly the listed fields, and the listed fields encode
-/// to exactly its bytes.
+impl HwKind {
+    /// The abi's field descriptor table of a table-entry kind (the whole entry, little-endian):
+    /// every listed field whose name a descriptor has is also read straight from the bytes
+    /// through the descriptor's bit range. `None` for the messages and the posted descriptor,
+    /// whose listed fields combine several bit ranges under one name.
+    pub fn descriptors(self) -> Option<&'static [FieldDesc]> {
+        match self {
+            Self::VtdIrteRemapped => Some(RemappedIrteBits::FIELDS),
+            Self::VtdIrtePosted => Some(PostedIrteBits::FIELDS),
+            Self::AmdIrte32 => Some(AmdIrte32::FIELDS),
+            Self::AmdIrte128Remapped => Some(AmdIrte128RemapBits::FIELDS),
+            Self::AmdIrte128Guest => Some(AmdIrte128GuestBits::FIELDS),
+            Self::CompatMsi
+            | Self::CompatMsiX2apicHi
+            | Self::VtdRemappableMsi
+            | Self::PostedDescriptor
+            | Self::AmdMsi => None,
+        }
+    }
+}
+
+/// Reads every listed field that the kind's descriptor table names straight from the bytes;
+/// returns how many fields were read.
+pub fn check_descriptors(v: &Vector) -> Result<usize, VectorError> {
+    let VectorFormat::Hw(kind) = v.format else {
+        return Ok(0);
+    };
+    let Some(table) = kind.descriptors() else {
+        return Ok(0);
+    };
+    let raw = le_read(&v.bytes);
+    let mut read = 0;
+    for (name, listed) in &v.fields {
+        if let Some(d) = find(table, name) {
+            let value = d.get(raw);
+            if value != *listed {
+                return Err(VectorError::DescriptorMismatch {
+                    name: name.clone(),
+                    listed: *listed,
+                    read: value,
+                });
+            }
+            read += 1;
+        }
+    }
+    Ok(read)
+}
+
+/// Check a vector: its bytes decode to exactly the listed fields, the fields the abi's
+/// descriptor tables name read back from the bytes through their bit ranges, and the listed
+/// fields encode to exactly its bytes.
 pub fn check(v: &Vector) -> Result<(), VectorError> {
     let decoded = decode(v.format, &v.params, &v.bytes)?;
     for (name, value) in &decoded {
@@ -890,6 +956,7 @@ pub fn check(v: &Vector) -> Result<(), VectorError> {
     {
         return Err(VectorError::UnknownField(n.clone()));
     }
+    check_descriptors(v)?;
     let encoded = encode(v.format, &v.params, &v.fields)?;
     if encoded != v.bytes {
         return Err(VectorError::BytesMismatch {
@@ -1007,6 +1074,30 @@ mod tests {
             Some("x2apic")
         );
         assert_eq!(check(&v), Ok(()));
+    }
+
+    #[test]
+    fn table_entry_fields_are_read_through_the_descriptors() {
+        // present, vector and sid/svt by descriptor; dest (DST) has another name.
+        let text = "# format: hw vtd_irte_remapped\n# param: apic_mode = x2apic\n\
+# field: present = 1\n# field: fpd = 0\n# field: dest_mode_logical = 0\n\
+# field: redirection_hint = 0\n# field: trigger_level = 0\n# field: delivery_mode = 0\n\
+# field: avail = 0\n# field: vector = 0x45\n# field: dest = 0x102\n# field: sid = 0x118\n\
+# field: sq = 0\n# field: svt = 1\n\
+01 00 45 00 02 01 00 00 18 01 04 00 00 00 00 00\n";
+        let v = parse(text).expect("parses");
+        assert_eq!(check_descriptors(&v), Ok(11));
+        let mut wrong = v.clone();
+        wrong.fields.retain(|(n, _)| n != "sid");
+        wrong.fields.push(("sid".into(), 0x119));
+        assert_eq!(
+            check_descriptors(&wrong),
+            Err(VectorError::DescriptorMismatch {
+                name: "sid".into(),
+                listed: 0x119,
+                read: 0x118
+            })
+        );
     }
 
     #[test]
