@@ -30,8 +30,8 @@ Linux debugfs dumps: 'vir decode debugfs FILE' (or '-'/nothing for standard inpu
   entry of /sys/kernel/debug/iommu/intel/ir_translation_struct (VT-d, remapped and posted) and
   /sys/kernel/debug/iommu/amd/irqtbl (AMD-Vi, 32- and 128-bit entries); --xapic applies to VT-d.
 Output: one field per line with its value and bit (or byte) positions; --json prints a JSON
-object {type, format, bytes, fields, hex, names, notes}: numbers above 2^53-1 are 0x-prefixed hex
-strings, and hex holds every number as an exact 0x-prefixed hex string.";
+object {type, format, bytes, fields, hex, kernel, names, notes}: numbers above 2^53-1 are 0x-prefixed hex
+strings, hex holds every number as an exact 0x-prefixed hex string, kernel the Linux names.";
 
 /// Arguments of `decode`.
 #[derive(Debug, Args)]

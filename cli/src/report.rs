@@ -147,6 +147,9 @@ pub struct Line {
     pub position: Position,
     /// Symbolic meaning of the value, if any.
     pub meaning: Option<String>,
+    /// The Linux kernel's name of the field, if it has one (`--json` lists it under
+    /// `kernel`).
+    pub kernel: Option<&'static str>,
 }
 
 impl Line {
@@ -157,7 +160,14 @@ impl Line {
             value,
             position,
             meaning: None,
+            kernel: None,
         }
+    }
+
+    /// Adds the kernel's name of the field.
+    pub fn kernel(mut self, kernel: Option<&'static str>) -> Self {
+        self.kernel = kernel;
+        self
     }
 
     /// Adds a symbolic meaning.
@@ -255,7 +265,11 @@ impl Report {
         let mut fields = Map::new();
         let mut names = Map::new();
         let mut hex = Map::new();
+        let mut kernel = Map::new();
         for line in &self.lines {
+            if let Some(k) = line.kernel {
+                kernel.insert(line.name.clone(), Json::String(k.to_owned()));
+            }
             fields.insert(line.name.clone(), line.value.json());
             if let Value::Num(n) = line.value {
                 hex.insert(line.name.clone(), Json::String(format!("{n:#x}")));
@@ -270,6 +284,7 @@ impl Report {
             "bytes": hex_string(&self.bytes),
             "fields": fields,
             "hex": hex,
+            "kernel": kernel,
             "names": names,
             "notes": self.notes,
         })

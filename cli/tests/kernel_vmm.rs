@@ -102,6 +102,8 @@ fn vtd_debugfs_dump_decodes_entry_by_entry() {
     );
     let first = &e[0].3;
     assert_eq!(first["format"], "remapped");
+    assert_eq!(first["kernel"]["dest_mode_logical"], "dst_mode");
+    assert_eq!(first["kernel"]["delivery_mode"], "dlvry_mode");
     assert_eq!(first["fields"]["dest"], 0x80);
     assert_eq!(first["fields"]["svt"], 1);
     let posted = &e[4].3;

@@ -174,11 +174,16 @@ fn desc_position(fields: &'static [FieldDesc], name: &str) -> Position {
 /// A one-bit line placed by the abi's descriptor of `name`.
 fn dflag(fields: &'static [FieldDesc], name: &str, v: bool) -> Line {
     Line::new(name, Value::Flag(v), desc_position(fields, name))
+        .kernel(find(fields, name).and_then(|d| d.kernel))
 }
 
 /// A numeric line `shown` placed by the abi's descriptor `desc`.
 fn dnum(fields: &'static [FieldDesc], desc: &str, shown: &str, v: impl Into<u128>) -> Line {
-    Line::new(shown, Value::Num(v.into()), desc_position(fields, desc))
+    // The kernel's name is listed only where the kernel's field is the shown value.
+    let kernel = find(fields, desc)
+        .filter(|d| d.name == shown)
+        .and_then(|d| d.kernel);
+    Line::new(shown, Value::Num(v.into()), desc_position(fields, desc)).kernel(kernel)
 }
 
 /// A one-bit line.
