@@ -8,6 +8,8 @@ use vir_abi::hw::{
     RemappableMsi, classify,
 };
 
+use vir_abi::hw::fields::{FieldDesc, find};
+
 use super::{
     FieldSpec, HwError, HwErrorKind, HwType, Options, Values, delivery_mode_name,
     delivery_mode_names, dest_mode_name, dest_mode_names, trigger_name, trigger_names,
@@ -69,6 +71,14 @@ fn report(ty: HwType, msg: MsiMessage) -> Report {
     r
 }
 
+/// The position of the field `name` of a 32-bit message word from the abi's descriptor table.
+fn word_position(word: &'static str, fields: &'static [FieldDesc], name: &str) -> Position {
+    match find(fields, name) {
+        Some(d) => Position::word_bits(word, d.hi(), d.lo),
+        None => Position::Derived,
+    }
+}
+
 /// Appends the fields of a compatibility-format message.
 fn compat_lines(r: &mut Report, m: &CompatMsi, form: DestForm) {
     let dest_bits = match form {
@@ -94,38 +104,38 @@ fn compat_lines(r: &mut Report, m: &CompatMsi, form: DestForm) {
         Line::new(
             "dest_mode_logical",
             Value::Flag(m.dest_mode_logical),
-            Position::word_bits("address", 2, 2),
+            word_position("address", CompatAddress::FIELDS, "dest_mode_logical"),
         )
         .meaning(dest_mode_name(m.dest_mode_logical)),
     );
     r.push(Line::new(
         "redirection_hint",
         Value::Flag(m.redirection_hint),
-        Position::word_bits("address", 3, 3),
+        word_position("address", CompatAddress::FIELDS, "redirection_hint"),
     ));
     r.push(Line::new(
         "vector",
         Value::Num(u128::from(m.vector)),
-        Position::word_bits("data", 7, 0),
+        word_position("data", CompatData::FIELDS, "vector"),
     ));
     r.push(
         Line::new(
             "delivery_mode",
             Value::Num(u128::from(m.delivery_mode.bits())),
-            Position::word_bits("data", 10, 8),
+            word_position("data", CompatData::FIELDS, "delivery_mode"),
         )
         .meaning(delivery_mode_name(m.delivery_mode.bits())),
     );
     r.push(Line::new(
         "level_assert",
         Value::Flag(m.level_assert),
-        Position::word_bits("data", 14, 14),
+        word_position("data", CompatData::FIELDS, "level_assert"),
     ));
     r.push(
         Line::new(
             "trigger_level",
             Value::Flag(m.trigger_level),
-            Position::word_bits("data", 15, 15),
+            word_position("data", CompatData::FIELDS, "trigger_level"),
         )
         .meaning(trigger_name(m.trigger_level)),
     );
