@@ -32,7 +32,7 @@ use super::fields::FieldDesc;
 use zerocopy::byteorder::little_endian::{U32, U64, U128};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::msi::{ADDRESS_FORMAT_REMAPPABLE, MsiMessage};
+use super::msi::MsiMessage;
 use super::{ApicMode, MSI_ADDRESS_BASE, MSI_ADDRESS_BASE_MASK};
 
 // ---------------------------------------------------------------------------------------------
@@ -104,13 +104,16 @@ impl RemappableMsi {
     /// Encodes the message. Address bits 1:0 (don't care) are written 0; the data is the
     /// sub-handle when `shv`, else 0.
     pub const fn encode(&self) -> MsiMessage {
-        let address = MSI_ADDRESS_BASE
-            | (((self.handle & 0x7FFF) as u32) << 5)
-            | ADDRESS_FORMAT_REMAPPABLE
-            | ((self.shv as u32) << 3)
-            | (((self.handle >> 15) as u32) << 2);
+        // Handle bits 14:0 fit 15 bits and bit 15 is one bit; the base is 0xFEE.
+        let address = RemappableAddress::new()
+            .with_dont_care(0)
+            .with_handle_15(self.handle >> 15 != 0)
+            .with_shv(self.shv)
+            .with_remappable(true)
+            .with_handle_14_0(self.handle & 0x7FFF)
+            .with_base((MSI_ADDRESS_BASE >> 20) as u16);
         let data = if self.shv { self.subhandle as u32 } else { 0 };
-        MsiMessage::new(address, 0, data)
+        MsiMessage::new(address.to_u32(), 0, data)
     }
 
     /// Decodes a remappable-format message: checks high address 0, address window `0xFEE`,
@@ -1100,7 +1103,12 @@ impl Irta {
         if self.base & 0xFFF != 0 {
             return Err(IrtaError::MisalignedBase(self.base));
         }
-        Ok(self.base | (self.eime as u64) << 11 | self.size_s as u64)
+        // size_s ≤ 15 and base is page aligned (checked above), so base >> 12 fits 52 bits.
+        Ok(IrtaBits::new()
+            .with_size(self.size_s)
+            .with_eime(self.eime)
+            .with_base_page(self.base >> 12)
+            .to_u64())
     }
 }
 
