@@ -17,6 +17,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod host_io;
+pub mod image;
+pub mod machine;
 pub mod program;
 mod vmm;
 

@@ -1,0 +1,595 @@
+//! A multi-vCPU KVM machine that boots the guest image in long mode.
+//!
+//! * In-kernel irqchip (LAPIC per vCPU, x2APIC available) created before the vCPUs.
+//! * One thread per vCPU; every vCPU enters the image's 64-bit entry directly through
+//!   `KVM_SET_SREGS` (long mode, paging on with an identity map of 4 GiB in 2 MiB pages),
+//!   `RDI` = its index, `RSI` = the vCPU count; the application processors are made runnable
+//!   with `KVM_SET_MP_STATE` (with an in-kernel irqchip they would otherwise wait for INIT/SIPI).
+//! * A watchdog on every `KVM_RUN`: when the run ends (the guest wrote the exit port, a vCPU
+//!   failed, or the deadline passed) every vCPU thread is kicked out of `KVM_RUN` with a signal,
+//!   repeatedly until it has returned, so no thread stays behind.
+//! * Port I/O: the debug console (`0xE9`), the exit port (`0xF4`), PCI configuration
+//!   (`0xCF8`/`0xCFC`, no device yet: reads return all ones), and the vIR doorbell served by the
+//!   reference host (whose physical side — IRTE table, routing, physical IRQs — is its
+//!   in-memory model).
+//! * vIR offered (the host's CPUID leaves added) or not (the legacy situation).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, kvm_cpuid_entry2, kvm_mp_state, kvm_segment,
+    kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use vir_host::VmId;
+use vir_host::config::{
+    DeviceConfig, HostConfig, Quotas, SourceValidation, StorageSizes, VcpuConfig, VmConfig,
+};
+use vir_host::testing::{MockHost, mock_host};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::image::Elf;
+use crate::vmm::{VmmError, kvm_available};
+
+/// The debug-console port (one byte per write).
+pub const CONSOLE_PORT: u16 = 0xE9;
+/// The exit port (a 32-bit write ends the run with that exit code; QEMU's `isa-debug-exit`).
+pub const EXIT_PORT: u16 = 0xF4;
+/// PCI configuration address port.
+pub const PCI_CONFIG_ADDRESS: u16 = 0xCF8;
+/// PCI configuration data port.
+pub const PCI_CONFIG_DATA: u16 = 0xCFC;
+/// The doorbell port base offered to the image.
+pub const DOORBELL_PORT: u16 = 0x5650;
+/// Most vCPUs a machine may have (the image's limit).
+pub const MAX_VCPUS: u32 = 16;
+
+/// Guest-physical layout of what the VMM writes before the image runs.
+const BOOT_GDT: u64 = 0x500;
+const PML4: u64 = 0x1000;
+const PDPT: u64 = 0x2000;
+const PD: u64 = 0x3000;
+
+/// How to run the image.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    /// vCPUs (1..=[`MAX_VCPUS`]).
+    pub vcpus: u32,
+    /// Guest RAM in bytes, at GPA 0.
+    pub mem_size: usize,
+    /// Offer vIR (the host's CPUID leaves); without it the image is in the legacy situation.
+    pub vir: bool,
+    /// Wall-clock bound of the run.
+    pub deadline: Duration,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            vcpus: 4,
+            mem_size: 64 << 20,
+            vir: true,
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// VM exits the VMM served, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// Console bytes.
+    pub console: u64,
+    /// Doorbell port writes (the host served them).
+    pub doorbell: u64,
+    /// PCI configuration accesses.
+    pub pci_config: u64,
+    /// Other port accesses (ignored writes, reads answered with all ones).
+    pub other_pio: u64,
+    /// MMIO accesses (no device is mapped: reads return all ones).
+    pub mmio: u64,
+    /// `KVM_RUN` interrupted by the watchdog's signal.
+    pub interrupted: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    console: AtomicU64,
+    doorbell: AtomicU64,
+    pci_config: AtomicU64,
+    other_pio: AtomicU64,
+    mmio: AtomicU64,
+    interrupted: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ExitCounts {
+        ExitCounts {
+            console: self.console.load(Ordering::Relaxed),
+            doorbell: self.doorbell.load(Ordering::Relaxed),
+            pci_config: self.pci_config.load(Ordering::Relaxed),
+            other_pio: self.other_pio.load(Ordering::Relaxed),
+            mmio: self.mmio.load(Ordering::Relaxed),
+            interrupted: self.interrupted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The image wrote this exit code to [`EXIT_PORT`].
+    Exit(u32),
+    /// The deadline passed first.
+    Deadline(Duration),
+    /// A vCPU stopped for a reason the VMM cannot continue from.
+    VcpuFailed {
+        /// The vCPU index.
+        vcpu: u32,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// How it ended.
+    pub end: RunEnd,
+    /// Everything the image wrote to the console.
+    pub console: String,
+    /// Exits served, by kind.
+    pub exits: ExitCounts,
+    /// The vCPUs' TSC frequency in kHz as KVM reports it (to turn TSC figures into time).
+    pub tsc_khz: Option<u32>,
+    /// Wall-clock duration of the run.
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    /// The console's lines.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.console.lines()
+    }
+
+    /// The `CHECK` lines as (name, passed, detail).
+    pub fn checks(&self) -> Vec<(&str, bool, &str)> {
+        self.lines()
+            .filter_map(|l| l.strip_prefix("CHECK "))
+            .filter_map(|l| {
+                let mut it = l.splitn(3, ' ');
+                let name = it.next()?;
+                let passed = match it.next()? {
+                    "pass" => true,
+                    "fail" => false,
+                    _ => return None,
+                };
+                Some((name, passed, it.next().unwrap_or("")))
+            })
+            .collect()
+    }
+}
+
+struct Shared {
+    mem: GuestMemoryMmap<()>,
+    host: Mutex<MockHost>,
+    vm_id: VmId,
+    console: Mutex<Vec<u8>>,
+    stop: AtomicBool,
+    end: Mutex<Option<RunEnd>>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn finish(&self, end: RunEnd) {
+        let mut e = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        if e.is_none() {
+            *e = Some(end);
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |e| VmmError::Kvm {
+        op,
+        errno: e.errno(),
+    }
+}
+
+/// The reference host's view of the machine: one vCPU per KVM vCPU (x2APIC id = index) and the
+/// test device (stage 2 of the image workload adds its interrupts).
+fn vm_config(vcpus: u32) -> VmConfig {
+    VmConfig {
+        vcpus: (0..vcpus)
+            .map(|i| VcpuConfig {
+                apic_id: i,
+                pda: 0xFEE0_0000 - 0x1000 + u64::from(i) * 64,
+                pcpu: i % 4,
+            })
+            .collect(),
+        devices: vec![DeviceConfig {
+            device_id: 0x0000_0008,
+            requester_id: 0x0008,
+            source_validation: SourceValidation::RequesterId,
+            storage: StorageSizes {
+                msix_entries: 64,
+                ..Default::default()
+            },
+        }],
+        quotas: Quotas::default(),
+    }
+}
+
+/// The kick signal's handler does nothing: its only effect is that `KVM_RUN` returns `EINTR`.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN` (registered once per process).
+fn kick_signal() -> Result<libc::c_int, VmmError> {
+    static REGISTERED: OnceLock<Result<(), i32>> = OnceLock::new();
+    let sig = SIGRTMIN();
+    match REGISTERED
+        .get_or_init(|| register_signal_handler(sig, kick_handler).map_err(|e| e.errno()))
+    {
+        Ok(()) => Ok(sig),
+        Err(errno) => Err(VmmError::Kvm {
+            op: "register the vCPU kick signal",
+            errno: *errno,
+        }),
+    }
+}
+
+fn long_mode_segment(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector,
+        type_: if code { 0xB } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        ..Default::default()
+    }
+}
+
+/// Boots the image `elf` on a new VM as `config` says and runs it to its end.
+pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmError> {
+    kvm_available().map_err(VmmError::Unavailable)?;
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(VmmError::BadConfig("vCPU count must be 1..=16"));
+    }
+    let signal = kick_signal()?;
+    let kvm = Kvm::new().map_err(kvm_err("open"))?;
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(0xFFFB_D000)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), config.mem_size)])
+        .map_err(VmmError::MemoryMap)?;
+    let host_addr = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(VmmError::Memory)?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: config.mem_size as u64,
+        userspace_addr: host_addr as u64,
+        flags: 0,
+    };
+    // SAFETY: `host_addr` is the start of the anonymous mapping of `mem_size` bytes backing
+    // `mem`. `mem` is kept alive (in `Shared`, behind an `Arc`) until every vCPU thread has
+    // been joined and the VM and vCPU file descriptors are closed at the end of this function.
+    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+
+    for s in &elf.segments {
+        let end = s.paddr.checked_add(s.mem_size);
+        if end.is_none_or(|e| e > config.mem_size as u64) || s.paddr < 0x10_0000 {
+            return Err(VmmError::ProgramTooLarge(s.mem_size as usize));
+        }
+        mem.write_slice(&s.data, GuestAddress(s.paddr))
+            .map_err(VmmError::Memory)?;
+    }
+    // Boot GDT: null, 64-bit code (0x08), data (0x10).
+    for (i, d) in [0u64, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF]
+        .iter()
+        .enumerate()
+    {
+        mem.write_obj(*d, GuestAddress(BOOT_GDT + 8 * i as u64))
+            .map_err(VmmError::Memory)?;
+    }
+    // Identity map of 4 GiB: PML4[0] -> PDPT, PDPT[0..4] -> PD pages of 2 MiB entries.
+    mem.write_obj(PDPT | 3, GuestAddress(PML4))
+        .map_err(VmmError::Memory)?;
+    for g in 0..4u64 {
+        mem.write_obj((PD + g * 0x1000) | 3, GuestAddress(PDPT + g * 8))
+            .map_err(VmmError::Memory)?;
+        for e in 0..512u64 {
+            let addr = ((g * 512 + e) << 21) | 0x83;
+            mem.write_obj(addr, GuestAddress(PD + g * 0x1000 + e * 8))
+                .map_err(VmmError::Memory)?;
+        }
+    }
+
+    let host_config = HostConfig {
+        doorbell_port: Some(DOORBELL_PORT),
+        register_bindings: 0,
+        ..HostConfig::default()
+    };
+    let (mut host, _journal) =
+        mock_host(host_config, 4096, 4, 200).map_err(VmmError::HostConfig)?;
+    let vm_id = host
+        .add_vm(vm_config(config.vcpus))
+        .map_err(VmmError::HostConfig)?;
+
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vir_leaves = Vec::new();
+    if config.vir {
+        let base = host.config().cpuid_base;
+        for leaf in [base, base + vir_abi::discovery::CPUID_INFO_OFFSET] {
+            if let Some([eax, ebx, ecx, edx]) = host.cpuid(vm_id, leaf).map_err(VmmError::Host)? {
+                vir_leaves.push(kvm_cpuid_entry2 {
+                    function: leaf,
+                    eax,
+                    ebx,
+                    ecx,
+                    edx,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    let mut vcpus = Vec::new();
+    let mut tsc_khz = None;
+    for i in 0..config.vcpus {
+        let vcpu = vm
+            .create_vcpu(u64::from(i))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let mut cpuid = supported.clone();
+        for e in cpuid.as_mut_slice() {
+            match e.function {
+                1 => {
+                    e.ecx |= vir_abi::discovery::CPUID1_ECX_HYPERVISOR;
+                    e.ebx = (e.ebx & 0x00FF_FFFF) | (i << 24);
+                }
+                0xB | 0x1F => e.edx = i,
+                _ => {}
+            }
+        }
+        for leaf in &vir_leaves {
+            cpuid.push(*leaf).map_err(|_| VmmError::Kvm {
+                op: "cpuid push",
+                errno: 7,
+            })?;
+        }
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        sregs.cs = long_mode_segment(0x08, true);
+        let data = long_mode_segment(0x10, false);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.gdt.base = BOOT_GDT;
+        sregs.gdt.limit = 23;
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0;
+        sregs.cr3 = PML4;
+        // PAE | OSFXSR | OSXMMEXCPT.
+        sregs.cr4 = (1 << 5) | (1 << 9) | (1 << 10);
+        // PE | MP | ET | NE | WP | PG.
+        sregs.cr0 = 1 | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
+        // LME | LMA.
+        sregs.efer = (1 << 8) | (1 << 10);
+        vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+        let mut xcrs = vcpu.get_xcrs().map_err(kvm_err("KVM_GET_XCRS"))?;
+        for x in xcrs.xcrs.iter_mut().take(xcrs.nr_xcrs as usize) {
+            if x.xcr == 0 {
+                x.value |= 0x3;
+            }
+        }
+        vcpu.set_xcrs(&xcrs).map_err(kvm_err("KVM_SET_XCRS"))?;
+        let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+        regs.rip = elf.entry64;
+        regs.rdi = u64::from(i);
+        regs.rsi = u64::from(config.vcpus);
+        regs.rsp = 0;
+        regs.rflags = 2;
+        vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+        vcpu.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        })
+        .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+        if tsc_khz.is_none() {
+            tsc_khz = vcpu.get_tsc_khz().ok();
+        }
+        vcpus.push(vcpu);
+    }
+
+    let shared = Arc::new(Shared {
+        mem,
+        host: Mutex::new(host),
+        vm_id,
+        console: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+        end: Mutex::new(None),
+        counters: Counters::default(),
+    });
+    let started = Instant::now();
+    let mut threads: Vec<JoinHandle<VcpuFd>> = Vec::new();
+    for (i, vcpu) in vcpus.into_iter().enumerate() {
+        let for_thread = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || vcpu_loop(vcpu, i as u32, &for_thread));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(_) => {
+                shared.finish(RunEnd::VcpuFailed {
+                    vcpu: i as u32,
+                    reason: "thread could not be started".into(),
+                });
+                break;
+            }
+        }
+    }
+    // The watchdog: wait for the end or the deadline, then kick every vCPU out of KVM_RUN until
+    // all threads have returned.
+    while !shared.stop.load(Ordering::Acquire) {
+        if started.elapsed() >= config.deadline {
+            shared.finish(RunEnd::Deadline(config.deadline));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut panicked = false;
+    for t in threads {
+        while !t.is_finished() {
+            let _ = t.kill(signal);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panicked |= t.join().is_err();
+    }
+    if panicked {
+        return Err(VmmError::VcpuThreadPanicked);
+    }
+    let elapsed = started.elapsed();
+    let end = shared
+        .end
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or(RunEnd::Deadline(config.deadline));
+    let console =
+        String::from_utf8_lossy(&shared.console.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_owned();
+    Ok(RunReport {
+        end,
+        console,
+        exits: shared.counters.snapshot(),
+        tsc_khz,
+        elapsed,
+    })
+}
+
+/// Runs one vCPU until the machine stops; returns its file descriptor so it is closed on the
+/// main thread after the others.
+fn vcpu_loop(mut vcpu: VcpuFd, index: u32, shared: &Shared) -> VcpuFd {
+    let mut pci_address = 0u32;
+    let c = &shared.counters;
+    while !shared.stop.load(Ordering::Acquire) {
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                c.interrupted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(e) => {
+                shared.finish(RunEnd::VcpuFailed {
+                    vcpu: index,
+                    reason: format!("KVM_RUN failed (errno {})", e.errno()),
+                });
+                break;
+            }
+        };
+        match exit {
+            VcpuExit::IoOut(CONSOLE_PORT, data) => {
+                c.console.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .console
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(data);
+            }
+            VcpuExit::IoOut(EXIT_PORT, data) => {
+                let mut b = [0u8; 4];
+                let n = data.len().min(4);
+                b[..n].copy_from_slice(&data[..n]);
+                shared.finish(RunEnd::Exit(u32::from_le_bytes(b)));
+            }
+            VcpuExit::IoOut(PCI_CONFIG_ADDRESS, data) if data.len() == 4 => {
+                c.pci_config.fetch_add(1, Ordering::Relaxed);
+                pci_address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            }
+            VcpuExit::IoOut(port, _) if (PCI_CONFIG_DATA..PCI_CONFIG_DATA + 4).contains(&port) => {
+                // No device claims configuration space yet: writes are dropped.
+                c.pci_config.fetch_add(1, Ordering::Relaxed);
+            }
+            VcpuExit::IoIn(port, data)
+                if (PCI_CONFIG_DATA..PCI_CONFIG_DATA + 4).contains(&port) =>
+            {
+                c.pci_config.fetch_add(1, Ordering::Relaxed);
+                let _ = pci_address;
+                data.fill(0xFF);
+            }
+            VcpuExit::IoOut(port, data) => {
+                let value = match data.len() {
+                    4 => Some(u32::from_le_bytes([data[0], data[1], data[2], data[3]])),
+                    _ => None,
+                };
+                let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
+                match value.map(|v| host.pio_write(shared.vm_id, index, port, v, &shared.mem)) {
+                    Some(Ok(vir_host::PioOutcome::NotClaimed)) | None => {
+                        c.other_pio.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Ok(_)) => {
+                        c.doorbell.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Err(e)) => {
+                        drop(host);
+                        shared.finish(RunEnd::VcpuFailed {
+                            vcpu: index,
+                            reason: format!("host refused a port write: {e:?}"),
+                        });
+                    }
+                }
+            }
+            VcpuExit::IoIn(_, data) => {
+                c.other_pio.fetch_add(1, Ordering::Relaxed);
+                data.fill(0xFF);
+            }
+            VcpuExit::MmioRead(_, data) => {
+                c.mmio.fetch_add(1, Ordering::Relaxed);
+                data.fill(0xFF);
+            }
+            VcpuExit::MmioWrite(..) => {
+                c.mmio.fetch_add(1, Ordering::Relaxed);
+            }
+            VcpuExit::Hlt => {}
+            VcpuExit::Shutdown => shared.finish(RunEnd::VcpuFailed {
+                vcpu: index,
+                reason: "shutdown (triple fault)".into(),
+            }),
+            VcpuExit::FailEntry(reason, _) => shared.finish(RunEnd::VcpuFailed {
+                vcpu: index,
+                reason: format!("entry failure {reason:#x}"),
+            }),
+            VcpuExit::InternalError => {
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                // SAFETY: after an internal-error exit the `internal` member of the exit union
+                // is the one KVM filled.
+                let sub = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                let mut code = [0u8; 8];
+                let _ = shared.mem.read_slice(&mut code, GuestAddress(rip));
+                shared.finish(RunEnd::VcpuFailed {
+                    vcpu: index,
+                    reason: format!(
+                        "KVM internal error (suberror {sub}) at rip {rip:#x}, code {code:02x?}"
+                    ),
+                });
+            }
+            other => shared.finish(RunEnd::VcpuFailed {
+                vcpu: index,
+                reason: format!("unexpected exit {other:?}"),
+            }),
+        }
+    }
+    vcpu
+}

@@ -1,0 +1,76 @@
+//! The guest image booted on real KVM. Every test skips, printing why, when `/dev/kvm` cannot be
+//! used — unless `REQUIRE_KVM=1` is set (CI on a machine with KVM), when a missing KVM fails.
+
+use vir_kvm::image::{Elf, build};
+use vir_kvm::kvm_available;
+use vir_kvm::machine::{MachineConfig, RunEnd, RunReport, run_image};
+
+fn kvm_or_skip() -> bool {
+    match kvm_available() {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var_os("REQUIRE_KVM").is_none_or(|v| v != "1"),
+                "REQUIRE_KVM=1 but KVM cannot be used: {why}"
+            );
+            println!("skipped: {why}");
+            false
+        }
+    }
+}
+
+fn image() -> Elf {
+    let path = build().unwrap_or_else(|e| panic!("{e}"));
+    Elf::read(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn boot(config: MachineConfig) -> RunReport {
+    let report = run_image(&image(), &config).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", report.console);
+    println!("exits: {:?}", report.exits);
+    report
+}
+
+#[test]
+fn image_has_a_64_bit_entry_and_a_pvh_note() {
+    let elf = image();
+    assert_eq!(elf.entry64, 0x10_0000);
+    let pvh = elf.pvh_entry.expect("XEN_ELFNOTE_PHYS32_ENTRY note");
+    assert!(
+        elf.segments
+            .iter()
+            .any(|s| (s.paddr..s.paddr + s.data.len() as u64).contains(&u64::from(pvh))),
+        "the PVH entry {pvh:#x} is inside a loaded segment"
+    );
+}
+
+#[test]
+fn image_boots_on_four_vcpus_takes_ipis_and_negotiates_vir() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let report = boot(MachineConfig::default());
+    assert_eq!(report.end, RunEnd::Exit(0), "console:\n{}", report.console);
+    let checks = report.checks();
+    let ipis: Vec<_> = checks.iter().filter(|c| c.0 == "ipi").collect();
+    assert_eq!(ipis.len(), 4, "one IPI per vCPU");
+    assert!(ipis.iter().all(|c| c.1));
+    assert!(checks.iter().any(|c| c.0 == "negotiate" && c.1));
+    assert!(checks.iter().all(|c| c.1), "{checks:?}");
+    assert!(report.exits.doorbell > 0);
+}
+
+#[test]
+fn image_without_vir_stays_legacy() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let report = boot(MachineConfig {
+        vir: false,
+        vcpus: 2,
+        ..MachineConfig::default()
+    });
+    assert_eq!(report.end, RunEnd::Exit(0), "console:\n{}", report.console);
+    assert!(report.lines().any(|l| l.starts_with("LEGACY ")));
+    assert_eq!(report.exits.doorbell, 0);
+}
