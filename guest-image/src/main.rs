@@ -29,6 +29,7 @@ mod heap;
 mod mem;
 mod pci;
 mod vir;
+mod workload;
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -82,7 +83,7 @@ extern "C" fn rust_eh_personality() -> ! {
     exit(EXIT_PANIC)
 }
 
-fn check(name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
+pub(crate) fn check(name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
     if !ok {
         FAILED.fetch_add(1, Ordering::Relaxed);
     }
@@ -90,7 +91,7 @@ fn check(name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
 }
 
 /// Spins until `done` or about `limit` TSC ticks have passed.
-fn wait_until(limit: u64, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(limit: u64, mut done: impl FnMut() -> bool) -> bool {
     let start = arch::rdtsc();
     while arch::rdtsc().wrapping_sub(start) < limit {
         if done() {
@@ -102,7 +103,7 @@ fn wait_until(limit: u64, mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// About a second of TSC ticks on any machine this runs on (a bound, not a measurement).
-const WAIT: u64 = 4_000_000_000;
+pub(crate) const WAIT: u64 = 4_000_000_000;
 
 /// The Rust entry of every vCPU (called by `vir_entry64` on its stack).
 extern "sysv64" fn kmain(cpu: u64, ncpus: u64) -> ! {
@@ -130,7 +131,7 @@ extern "sysv64" fn kmain(cpu: u64, ncpus: u64) -> ! {
     );
     bring_up(ncpus);
     pci_scan();
-    vir_calls();
+    vir_calls(ncpus as u32);
     let failed = FAILED.load(Ordering::Relaxed);
     say!("DONE failed={}", Dec(u64::from(failed)));
     exit(if failed == 0 { EXIT_PASS } else { EXIT_FAIL })
@@ -178,7 +179,7 @@ fn percentile(sorted: &[u64], p: usize) -> u64 {
     sorted[(sorted.len() - 1) * p / 100]
 }
 
-fn vir_calls() {
+fn vir_calls(ncpus: u32) {
     let platform = match discover(&mut vir::HwCpuid) {
         Ok(p) => p,
         Err(e) => {
@@ -247,9 +248,31 @@ fn vir_calls() {
         query_ok,
         format_args!("{} calls", Dec(N as u64)),
     );
-    noop.sort_unstable();
-    query.sort_unstable();
-    for (name, v) in [("noop-ring", &noop), ("query", &query)] {
+    let mut times = workload::CallTimes::default();
+    if session.is_ok() {
+        workload::run(&mut db, ncpus, &mut times);
+    }
+    for v in [
+        &mut noop,
+        &mut query,
+        &mut times.allocate,
+        &mut times.activate,
+        &mut times.set_affinity,
+        &mut times.latency,
+    ] {
+        v.sort_unstable();
+    }
+    for (name, v) in [
+        ("noop-ring", &noop),
+        ("query", &query),
+        ("allocate", &times.allocate),
+        ("activate", &times.activate),
+        ("set-affinity", &times.set_affinity),
+        ("latency-vir", &times.latency),
+    ] {
+        if v.is_empty() {
+            continue;
+        }
         say!(
             "FIG {name} n={} p50={} p99={} unit=tsc",
             Dec(v.len() as u64),

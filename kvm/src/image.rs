@@ -222,6 +222,7 @@ mod tests {
             Err(ImageError::Format("not an executable (ET_EXEC)"))
         ));
         h[0x10] = 2;
+        h[0x36] = 56;
         // No program headers.
         assert!(matches!(
             Elf::parse(&h),
@@ -229,7 +230,6 @@ mod tests {
         ));
         // A program header table past the end of the file.
         h[0x20] = 0xF0;
-        h[0x36] = 56;
         h[0x38] = 1;
         assert!(matches!(Elf::parse(&h), Err(ImageError::Format(_))));
     }

@@ -20,6 +20,7 @@ mod host_io;
 pub mod image;
 pub mod machine;
 pub mod program;
+pub mod routing;
 mod vmm;
 
 pub use host_io::{IoLog, IoWrite};

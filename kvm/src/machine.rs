@@ -24,15 +24,17 @@ use kvm_bindings::{
     kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use vir_host::Host;
 use vir_host::VmId;
 use vir_host::config::{
     DeviceConfig, HostConfig, Quotas, SourceValidation, StorageSizes, VcpuConfig, VmConfig,
 };
-use vir_host::testing::{MockHost, mock_host};
+use vir_host::testing::{MockIrteTable, MockPhysicalIrqs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::image::Elf;
+use crate::routing::KvmRouting;
 use crate::vmm::{VmmError, kvm_available};
 
 /// The debug-console port (one byte per write).
@@ -45,6 +47,11 @@ pub const PCI_CONFIG_ADDRESS: u16 = 0xCF8;
 pub const PCI_CONFIG_DATA: u16 = 0xCFC;
 /// The doorbell port base offered to the image.
 pub const DOORBELL_PORT: u16 = 0x5650;
+/// The test device's "fire entry" register: a 32-bit write of storage kind (bits 31:24) and
+/// slot (bits 23:0) makes the device raise that entry's interrupt.
+pub const FIRE_PORT: u16 = 0x5670;
+/// The test device's id and requester id (00:01.0).
+pub const TEST_DEVICE_RID: u16 = 0x0008;
 /// Most vCPUs a machine may have (the image's limit).
 pub const MAX_VCPUS: u32 = 16;
 
@@ -93,6 +100,10 @@ pub struct ExitCounts {
     pub mmio: u64,
     /// `KVM_RUN` interrupted by the watchdog's signal.
     pub interrupted: u64,
+    /// Device interrupts raised (an irqfd signalled).
+    pub fired: u64,
+    /// Fire requests for an entry with no started interrupt (nothing signalled).
+    pub fired_unrouted: u64,
 }
 
 #[derive(Default)]
@@ -103,6 +114,8 @@ struct Counters {
     other_pio: AtomicU64,
     mmio: AtomicU64,
     interrupted: AtomicU64,
+    fired: AtomicU64,
+    fired_unrouted: AtomicU64,
 }
 
 impl Counters {
@@ -114,6 +127,8 @@ impl Counters {
             other_pio: self.other_pio.load(Ordering::Relaxed),
             mmio: self.mmio.load(Ordering::Relaxed),
             interrupted: self.interrupted.load(Ordering::Relaxed),
+            fired: self.fired.load(Ordering::Relaxed),
+            fired_unrouted: self.fired_unrouted.load(Ordering::Relaxed),
         }
     }
 }
@@ -147,6 +162,8 @@ pub struct RunReport {
     pub tsc_khz: Option<u32>,
     /// Wall-clock duration of the run.
     pub elapsed: Duration,
+    /// Duration of every `KVM_SET_GSI_ROUTING` ioctl of the run.
+    pub gsi_routing_ioctls: Vec<Duration>,
 }
 
 impl RunReport {
@@ -173,9 +190,13 @@ impl RunReport {
     }
 }
 
+/// The reference host of this VMM: IRTE table and physical IRQs modelled in memory (no VFIO, no
+/// IOMMU on this machine), virtual routing on real KVM.
+pub type KvmHost = Host<MockIrteTable, KvmRouting, MockPhysicalIrqs>;
+
 struct Shared {
     mem: GuestMemoryMmap<()>,
-    host: Mutex<MockHost>,
+    host: Mutex<KvmHost>,
     vm_id: VmId,
     console: Mutex<Vec<u8>>,
     stop: AtomicBool,
@@ -212,12 +233,14 @@ fn vm_config(vcpus: u32) -> VmConfig {
             })
             .collect(),
         devices: vec![DeviceConfig {
-            device_id: 0x0000_0008,
-            requester_id: 0x0008,
+            device_id: u32::from(TEST_DEVICE_RID),
+            requester_id: TEST_DEVICE_RID,
             source_validation: SourceValidation::RequesterId,
             storage: StorageSizes {
+                msi_vectors: 4,
                 msix_entries: 64,
-                ..Default::default()
+                ims_device_entries: 16,
+                ims_system_entries: 16,
             },
         }],
         quotas: Quotas::default(),
@@ -266,7 +289,7 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
     }
     let signal = kick_signal()?;
     let kvm = Kvm::new().map_err(kvm_err("open"))?;
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
     vm.set_tss_address(0xFFFB_D000)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip()
@@ -323,8 +346,13 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
         register_bindings: 0,
         ..HostConfig::default()
     };
-    let (mut host, _journal) =
-        mock_host(host_config, 4096, 4, 200).map_err(VmmError::HostConfig)?;
+    let mut host = Host::new(
+        host_config,
+        MockIrteTable::new(4096),
+        KvmRouting::new(Arc::clone(&vm)),
+        MockPhysicalIrqs::new(4, 200),
+    )
+    .map_err(VmmError::HostConfig)?;
     let vm_id = host
         .add_vm(vm_config(config.vcpus))
         .map_err(VmmError::HostConfig)?;
@@ -467,6 +495,13 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
         .unwrap_or_else(|p| p.into_inner())
         .clone()
         .unwrap_or(RunEnd::Deadline(config.deadline));
+    let gsi_routing_ioctls = shared
+        .host
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .routing()
+        .ioctl_times()
+        .to_vec();
     let console =
         String::from_utf8_lossy(&shared.console.lock().unwrap_or_else(|p| p.into_inner()))
             .into_owned();
@@ -476,7 +511,26 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
         exits: shared.counters.snapshot(),
         tsc_khz,
         elapsed,
+        gsi_routing_ioctls,
     })
+}
+
+/// The test device raises entry `value` (kind in bits 31:24, slot in 23:0): the physical IRQ
+/// the host started for that entry (modelled) signals the irqfd of its GSI, and KVM injects the
+/// route's vector into the route's vCPU. Returns whether an interrupt was raised.
+fn fire(shared: &Shared, value: u32) -> bool {
+    let kind = vir_abi::wire::StorageKind((value >> 24) as u8);
+    let slot = value & 0x00FF_FFFF;
+    let host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
+    let gsi = host.irqs().irqs().values().find_map(|irq| {
+        (irq.vm == shared.vm_id
+            && irq.source.requester_id == TEST_DEVICE_RID
+            && irq.source.kind == kind
+            && irq.source.slot == slot)
+            .then_some(irq.gsi)
+    });
+    gsi.and_then(|g| host.routing().eventfd(g))
+        .is_some_and(|fd| fd.write(1).is_ok())
 }
 
 /// Runs one vCPU until the machine stops; returns its file descriptor so it is closed on the
@@ -513,6 +567,14 @@ fn vcpu_loop(mut vcpu: VcpuFd, index: u32, shared: &Shared) -> VcpuFd {
                 let n = data.len().min(4);
                 b[..n].copy_from_slice(&data[..n]);
                 shared.finish(RunEnd::Exit(u32::from_le_bytes(b)));
+            }
+            VcpuExit::IoOut(FIRE_PORT, data) if data.len() == 4 => {
+                let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                if fire(shared, value) {
+                    c.fired.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    c.fired_unrouted.fetch_add(1, Ordering::Relaxed);
+                }
             }
             VcpuExit::IoOut(PCI_CONFIG_ADDRESS, data) if data.len() == 4 => {
                 c.pci_config.fetch_add(1, Ordering::Relaxed);

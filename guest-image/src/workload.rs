@@ -1,0 +1,229 @@
+//! The interrupt workload on the VMM's test device: vectors of every storage kind allocated and
+//! activated through vIR on several vCPUs, each fired by the device and checked on arrival
+//! (vCPU, vector); then every vector retargeted and fired again; then every vector moved off
+//! one vCPU (as a CPU going offline does) and fired again.
+
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use vir_abi::wire::{ActivateRequest, AllocateRequest, SetAffinityRequest, StorageKind, Target};
+use vir_guest::hypercall;
+use zerocopy::little_endian::{U16, U32};
+
+use crate::arch::{self, HITS, LAST_TSC};
+use crate::console::{Dec, Hex};
+use crate::vir::Doorbell;
+use crate::{WAIT, check, wait_until};
+
+/// The test device's id (segment 0, requester id 00:01.0).
+pub const DEVICE_ID: u32 = 0x0008;
+/// The test device's "fire entry" register (a 32-bit port write: storage kind in bits 31:24,
+/// slot in bits 23:0).
+pub const FIRE_PORT: u16 = 0x5670;
+
+/// Slots used per storage kind.
+const SLOTS: [(StorageKind, u32); 4] = [
+    (StorageKind::MSI, 1),
+    (StorageKind::MSIX, 8),
+    (StorageKind::IMS_DEVICE, 4),
+    (StorageKind::IMS_SYSTEM, 4),
+];
+
+struct Entry {
+    kind: StorageKind,
+    slot: u32,
+    handle: u32,
+    cpu: u32,
+    vector: u8,
+}
+
+/// Timings of the calls, in TSC ticks.
+#[derive(Default)]
+pub struct CallTimes {
+    /// ALLOCATE round trips.
+    pub allocate: Vec<u64>,
+    /// ACTIVATE round trips.
+    pub activate: Vec<u64>,
+    /// SET_AFFINITY round trips.
+    pub set_affinity: Vec<u64>,
+    /// Device fire to handler entry.
+    pub latency: Vec<u64>,
+}
+
+fn timed<T>(into: &mut Vec<u64>, f: impl FnOnce() -> T) -> T {
+    let t0 = arch::rdtsc();
+    let r = f();
+    into.push(arch::rdtsc().wrapping_sub(t0));
+    r
+}
+
+/// Fires every entry once and checks where it arrived; reports one `CHECK deliver-<phase>`.
+fn fire_all(phase: &str, entries: &[Entry], ncpus: u32, times: &mut CallTimes) {
+    let (mut right, mut wrong, mut missing) = (0u64, 0u64, 0u64);
+    for e in entries {
+        let v = usize::from(e.vector);
+        let before: Vec<u32> = (0..ncpus as usize)
+            .map(|c| HITS[c][v].load(Ordering::Acquire))
+            .collect();
+        let t0 = arch::rdtsc();
+        arch::outl(FIRE_PORT, (u32::from(e.kind.0) << 24) | e.slot);
+        let cpu = e.cpu as usize;
+        let arrived = wait_until(WAIT, || HITS[cpu][v].load(Ordering::Acquire) > before[cpu]);
+        if arrived {
+            right += 1;
+            times
+                .latency
+                .push(LAST_TSC[cpu].load(Ordering::Acquire).wrapping_sub(t0));
+        } else {
+            missing += 1;
+        }
+        for (c, b) in before.iter().enumerate() {
+            if c != cpu && HITS[c][v].load(Ordering::Acquire) != *b {
+                wrong += 1;
+            }
+        }
+    }
+    check(
+        phase,
+        right == entries.len() as u64 && wrong == 0 && missing == 0,
+        format_args!(
+            "fired={} right={} wrong={} missing={}",
+            Dec(entries.len() as u64),
+            Dec(right),
+            Dec(wrong),
+            Dec(missing)
+        ),
+    );
+}
+
+fn retarget(db: &mut Doorbell, e: &mut Entry, cpu: u32, vector: u8, times: &mut CallTimes) -> bool {
+    let req = SetAffinityRequest {
+        handle: U32::new(e.handle),
+        subhandle: U16::new(0),
+        target: Target {
+            apic_id: U32::new(cpu),
+            vector,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let ok = timed(&mut times.set_affinity, || {
+        hypercall::set_affinity(db, &req)
+    })
+    .is_ok();
+    if ok {
+        e.cpu = cpu;
+        e.vector = vector;
+    }
+    ok
+}
+
+/// Runs the workload over the doorbell `db` on `ncpus` vCPUs (x2APIC id = index).
+pub fn run(db: &mut Doorbell, ncpus: u32, times: &mut CallTimes) {
+    let mut entries = Vec::new();
+    let mut setup_ok = true;
+    let mut n = 0u32;
+    for (kind, count) in SLOTS {
+        for slot in 0..count {
+            let req = AllocateRequest {
+                device_id: U32::new(DEVICE_ID),
+                kind: kind.0,
+                index: U32::new(slot),
+                ..Default::default()
+            };
+            let Ok(alloc) = timed(&mut times.allocate, || hypercall::allocate(db, &req)) else {
+                setup_ok = false;
+                check(
+                    "allocate",
+                    false,
+                    format_args!(
+                        "kind={} slot={}",
+                        Dec(u64::from(kind.0)),
+                        Dec(u64::from(slot))
+                    ),
+                );
+                continue;
+            };
+            let cpu = n % ncpus;
+            let vector = 0x50 + n as u8;
+            let act = ActivateRequest {
+                handle: alloc.handle,
+                subhandle: U16::new(0),
+                flags: U16::new(0),
+                target: Target {
+                    apic_id: U32::new(cpu),
+                    vector,
+                    ..Default::default()
+                },
+            };
+            let activated = timed(&mut times.activate, || hypercall::activate(db, &act));
+            match activated {
+                Ok(msg) => {
+                    say!(
+                        "VECTOR kind={} slot={} vcpu={} vector={} msi={}:{}",
+                        Dec(u64::from(kind.0)),
+                        Dec(u64::from(slot)),
+                        Dec(u64::from(cpu)),
+                        Hex(u64::from(vector)),
+                        Hex(u64::from(msg.address_lo.get())),
+                        Hex(u64::from(msg.data.get()))
+                    );
+                    entries.push(Entry {
+                        kind,
+                        slot,
+                        handle: alloc.handle.get(),
+                        cpu,
+                        vector,
+                    });
+                }
+                Err(e) => {
+                    setup_ok = false;
+                    check(
+                        "activate",
+                        false,
+                        format_args!(
+                            "slot={} errno={}",
+                            Dec(u64::from(slot)),
+                            Dec(e.errno() as u64)
+                        ),
+                    );
+                }
+            }
+            n += 1;
+        }
+    }
+    check(
+        "setup",
+        setup_ok,
+        format_args!("{} vectors of 4 storage kinds", Dec(entries.len() as u64)),
+    );
+    fire_all("deliver-after-setup", &entries, ncpus, times);
+
+    let mut moved = true;
+    for (i, e) in entries.iter_mut().enumerate() {
+        let cpu = (e.cpu + 1) % ncpus;
+        moved &= retarget(db, e, cpu, 0x70 + i as u8, times);
+    }
+    check(
+        "retarget-all",
+        moved,
+        format_args!("{}", Dec(entries.len() as u64)),
+    );
+    fire_all("deliver-after-retarget", &entries, ncpus, times);
+
+    if ncpus > 1 {
+        let offline = 1u32;
+        let mut moved = true;
+        for (i, e) in entries.iter_mut().enumerate() {
+            if e.cpu == offline {
+                moved &= retarget(db, e, 0, 0x90 + i as u8, times);
+            }
+        }
+        check(
+            "vcpu-offline-migrated",
+            moved && entries.iter().all(|e| e.cpu != offline),
+            format_args!("vcpu={}", Dec(u64::from(offline))),
+        );
+        fire_all("deliver-after-offline", &entries, ncpus, times);
+    }
+}
