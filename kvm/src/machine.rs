@@ -166,7 +166,56 @@ pub struct RunReport {
     pub gsi_routing_ioctls: Vec<Duration>,
 }
 
+/// One `FIG` line of the image: a distribution of TSC tick counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Figure {
+    /// What was measured (`noop-ring`, `query`, `allocate`, `activate`, `set-affinity`,
+    /// `latency-vir`).
+    pub name: String,
+    /// Samples.
+    pub n: u64,
+    /// Median, in TSC ticks.
+    pub p50: u64,
+    /// 99th percentile, in TSC ticks.
+    pub p99: u64,
+}
+
 impl RunReport {
+    /// The `FIG` lines.
+    pub fn figures(&self) -> Vec<Figure> {
+        self.lines()
+            .filter_map(|l| l.strip_prefix("FIG "))
+            .filter_map(|l| {
+                let mut it = l.split(' ');
+                let name = it.next()?.to_string();
+                let (mut n, mut p50, mut p99) = (None, None, None);
+                for kv in it {
+                    let (k, v) = kv.split_once('=')?;
+                    match k {
+                        "n" => n = v.parse().ok(),
+                        "p50" => p50 = v.parse().ok(),
+                        "p99" => p99 = v.parse().ok(),
+                        _ => {}
+                    }
+                }
+                Some(Figure {
+                    name,
+                    n: n?,
+                    p50: p50?,
+                    p99: p99?,
+                })
+            })
+            .collect()
+    }
+
+    /// `ticks` of the guest's TSC in microseconds (`None` when KVM did not report the TSC
+    /// frequency).
+    pub fn ticks_to_us(&self, ticks: u64) -> Option<f64> {
+        self.tsc_khz
+            .filter(|k| *k != 0)
+            .map(|k| ticks as f64 * 1000.0 / f64::from(k))
+    }
+
     /// The console's lines.
     pub fn lines(&self) -> impl Iterator<Item = &str> {
         self.console.lines()
