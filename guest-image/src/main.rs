@@ -233,6 +233,7 @@ fn vir_calls(ncpus: u32) {
     const N: usize = 200;
     let mut noop = Vec::with_capacity(N);
     let mut query = Vec::with_capacity(N);
+    let mut two = Vec::with_capacity(N);
     let mut query_ok = true;
     for _ in 0..N {
         let t0 = arch::rdtsc();
@@ -240,8 +241,12 @@ fn vir_calls(ncpus: u32) {
         let t1 = arch::rdtsc();
         query_ok &= vir_guest::hypercall::query(&mut db).is_ok();
         let t2 = arch::rdtsc();
+        db.latch_only();
+        db.latch_only();
+        let t3 = arch::rdtsc();
         noop.push(t1 - t0);
         query.push(t2 - t1);
+        two.push(t3 - t2);
     }
     check(
         "query-repeated",
@@ -254,6 +259,7 @@ fn vir_calls(ncpus: u32) {
     }
     for v in [
         &mut noop,
+        &mut two,
         &mut query,
         &mut times.allocate,
         &mut times.activate,
@@ -264,6 +270,7 @@ fn vir_calls(ncpus: u32) {
     }
     for (name, v) in [
         ("noop-ring", &noop),
+        ("two-noop-rings", &two),
         ("query", &query),
         ("allocate", &times.allocate),
         ("activate", &times.activate),
