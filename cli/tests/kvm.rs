@@ -107,4 +107,9 @@ fn kvm_legacy_stays_off_vir() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("guest: LEGACY "), "{out}");
     assert!(out.contains("doorbell: 0"), "{out}");
+    assert!(
+        out.contains("guest: CHECK legacy-deliver-after-retarget pass"),
+        "{out}"
+    );
+    assert!(out.contains("legacy: "), "{out}");
 }

@@ -195,6 +195,12 @@ fn vir_calls(ncpus: u32) {
         Platform::Vir(iface) => iface,
         Platform::BareMetal | Platform::HypervisorWithoutVir => {
             say!("LEGACY no vIR signature: the guest stays on the legacy scheme");
+            let mut times = workload::CallTimes::default();
+            workload::run_legacy(ncpus, &mut times);
+            figures(&mut [
+                ("program-msix-entry", &mut times.program_entry),
+                ("latency-legacy", &mut times.latency),
+            ]);
             return;
         }
     };
@@ -257,26 +263,21 @@ fn vir_calls(ncpus: u32) {
     if session.is_ok() {
         workload::run(&mut db, ncpus, &mut times);
     }
-    for v in [
-        &mut noop,
-        &mut two,
-        &mut query,
-        &mut times.allocate,
-        &mut times.activate,
-        &mut times.set_affinity,
-        &mut times.latency,
-    ] {
+    figures(&mut [
+        ("noop-ring", &mut noop),
+        ("two-noop-rings", &mut two),
+        ("query", &mut query),
+        ("allocate", &mut times.allocate),
+        ("activate", &mut times.activate),
+        ("set-affinity", &mut times.set_affinity),
+        ("latency-vir", &mut times.latency),
+    ]);
+}
+
+/// Prints one `FIG` line per non-empty sample set (sorted in place).
+fn figures(sets: &mut [(&str, &mut Vec<u64>)]) {
+    for (name, v) in sets.iter_mut() {
         v.sort_unstable();
-    }
-    for (name, v) in [
-        ("noop-ring", &noop),
-        ("two-noop-rings", &two),
-        ("query", &query),
-        ("allocate", &times.allocate),
-        ("activate", &times.activate),
-        ("set-affinity", &times.set_affinity),
-        ("latency-vir", &times.latency),
-    ] {
         if v.is_empty() {
             continue;
         }

@@ -31,6 +31,12 @@ impl Bdf {
         outl(CONFIG_ADDRESS, self.address(offset));
         inl(CONFIG_DATA)
     }
+
+    /// Writes the dword at `offset` (rounded down to 4).
+    pub fn write(self, offset: u8, value: u32) {
+        outl(CONFIG_ADDRESS, self.address(offset));
+        outl(CONFIG_DATA, value);
+    }
 }
 
 /// The functions present on bus 0 (function 0 of each device), with their vendor/device id.

@@ -21,6 +21,11 @@ pub const DEVICE_ID: u32 = 0x0008;
 /// slot in bits 23:0).
 pub const FIRE_PORT: u16 = 0x5670;
 
+/// The test device's PCI vendor and device id.
+pub const TEST_DEVICE_IDS: u32 = 0x0001_5649;
+/// MSI-X entries the legacy workload programs.
+const LEGACY_ENTRIES: u32 = 8;
+
 /// Slots used per storage kind.
 const SLOTS: [(StorageKind, u32); 4] = [
     (StorageKind::MSI, 1),
@@ -48,6 +53,8 @@ pub struct CallTimes {
     pub set_affinity: Vec<u64>,
     /// Device fire to handler entry.
     pub latency: Vec<u64>,
+    /// Legacy: programming one MSI-X entry (mask, address, data, unmask: four trapped writes).
+    pub program_entry: Vec<u64>,
 }
 
 fn timed<T>(into: &mut Vec<u64>, f: impl FnOnce() -> T) -> T {
@@ -225,5 +232,98 @@ pub fn run(db: &mut Doorbell, ncpus: u32, times: &mut CallTimes) {
             format_args!("vcpu={}", Dec(u64::from(offline))),
         );
         fire_all("deliver-after-offline", &entries, ncpus, times);
+    }
+}
+
+/// Writes a 32-bit device register.
+fn mmio_write(addr: u64, value: u32) {
+    // SAFETY: `addr` is in the test device's BAR (the MSI-X table), identity mapped by the boot
+    // page tables and backed by no RAM: the write exits to the VMM and touches no Rust object.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+}
+
+/// Programs MSI-X entry `index` of the table at `bar` for (`cpu`, `vector`) the way Linux does
+/// without interrupt remapping: mask, compatibility-format address and data, unmask.
+fn program_entry(bar: u64, index: u32, cpu: u32, vector: u8, times: &mut CallTimes) {
+    let e = bar + 16 * u64::from(index);
+    timed(&mut times.program_entry, || {
+        mmio_write(e + 12, 1);
+        mmio_write(e, 0xFEE0_0000 | ((cpu & 0xFF) << 12));
+        mmio_write(e + 4, 0);
+        mmio_write(e + 8, u32::from(vector));
+        mmio_write(e + 12, 0);
+    });
+}
+
+/// The legacy situation (no vIR signature): MSI-X programmed directly in the device's table,
+/// which the VMM traps and the host emulates; the same three phases as with vIR. IMS is not
+/// available without vIR, so the image asks for none.
+pub fn run_legacy(ncpus: u32, times: &mut CallTimes) {
+    let Some((bdf, _)) = crate::pci::scan_bus0()
+        .into_iter()
+        .find(|(_, id)| *id == TEST_DEVICE_IDS)
+    else {
+        check(
+            "legacy-device",
+            false,
+            format_args!("test device not found"),
+        );
+        return;
+    };
+    let bar = u64::from(bdf.read(0x10) & !0xF);
+    let cap = (bdf.read(0x34) & 0xFC) as u8;
+    let head = bdf.read(cap);
+    if head & 0xFF != 0x11 {
+        check("legacy-device", false, format_args!("no MSI-X capability"));
+        return;
+    }
+    let table_size = ((head >> 16) & 0x7FF) + 1;
+    check(
+        "legacy-device",
+        table_size >= LEGACY_ENTRIES,
+        format_args!(
+            "bar={} msix-entries={}",
+            Hex(bar),
+            Dec(u64::from(table_size))
+        ),
+    );
+    // Enable with the function masked while the table is programmed, then unmask.
+    bdf.write(cap, (head & 0xFFFF) | (0xC000 << 16));
+    let mut entries = Vec::new();
+    for slot in 0..LEGACY_ENTRIES {
+        let cpu = slot % ncpus;
+        let vector = 0x50 + slot as u8;
+        program_entry(bar, slot, cpu, vector, times);
+        entries.push(Entry {
+            kind: StorageKind::MSIX,
+            slot,
+            handle: 0,
+            cpu,
+            vector,
+        });
+    }
+    bdf.write(cap, (head & 0xFFFF) | (0x8000 << 16));
+    check(
+        "legacy-msix-enabled",
+        (bdf.read(cap) >> 16) & 0xC000 == 0x8000,
+        format_args!("control={}", Hex(u64::from(bdf.read(cap) >> 16))),
+    );
+    say!("LEGACY IMS not used: it needs vIR; the legacy scheme has MSI and MSI-X only");
+    fire_all("legacy-deliver-after-setup", &entries, ncpus, times);
+    for (i, e) in entries.iter_mut().enumerate() {
+        e.cpu = (e.cpu + 1) % ncpus;
+        e.vector = 0x70 + i as u8;
+        program_entry(bar, e.slot, e.cpu, e.vector, times);
+    }
+    fire_all("legacy-deliver-after-retarget", &entries, ncpus, times);
+    if ncpus > 1 {
+        for (i, e) in entries.iter_mut().enumerate() {
+            if e.cpu == 1 {
+                e.cpu = 0;
+                e.vector = 0x90 + i as u8;
+                program_entry(bar, e.slot, e.cpu, e.vector, times);
+            }
+        }
+        fire_all("legacy-deliver-after-offline", &entries, ncpus, times);
     }
 }

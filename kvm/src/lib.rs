@@ -11,6 +11,11 @@
 //! answered by the host, and doorbell port writes served by [`vir_host::Host::pio_write`]. The
 //! physical side (IRTE table, routing, physical IRQs) is the reference host's in-memory model.
 //!
+//! [`machine`] grows it into a multi-vCPU VMM that boots the vIR guest image ([`image`],
+//! `guest-image/` in the source tree) in long mode with an in-kernel irqchip, serves the
+//! doorbell and a test device, and delivers the device's interrupts through real KVM routes and
+//! irqfds ([`routing`]), in the vIR and in the legacy situation.
+//!
 //! Everything that needs `/dev/kvm` first calls [`kvm_available`], which says clearly why KVM
 //! cannot be used; the tests skip with that reason printed.
 #![deny(missing_docs)]

@@ -9,9 +9,17 @@
 //!   failed, or the deadline passed) every vCPU thread is kicked out of `KVM_RUN` with a signal,
 //!   repeatedly until it has returned, so no thread stays behind.
 //! * Port I/O: the debug console (`0xE9`), the exit port (`0xF4`), PCI configuration
-//!   (`0xCF8`/`0xCFC`, no device yet: reads return all ones), and the vIR doorbell served by the
-//!   reference host (whose physical side — IRTE table, routing, physical IRQs — is its
-//!   in-memory model).
+//!   (`0xCF8`/`0xCFC`), the test device's "fire entry" register ([`FIRE_PORT`]) and the vIR
+//!   doorbell served by the reference host.
+//! * The test device 00:01.0 ([`TEST_DEVICE_RID`]): an MSI-X capability and table in BAR0
+//!   ([`MSIX_BAR`]), trapped (config and MMIO exits) and emulated by the host's legacy code, and
+//!   the storage kinds vIR allocates (MSI, MSI-X, IMS in device and in system memory).
+//! * Delivery on real KVM: the host's virtual routing is [`KvmRouting`] (`KVM_SET_GSI_ROUTING`
+//!   MSI routes + `KVM_IRQFD`); a fired entry signals the irqfd of the GSI its physical IRQ was
+//!   started with, and KVM's in-kernel LAPIC injects the vector. What this machine cannot have
+//!   stays modelled and is named so: the physical IRQs (VFIO), the IRTE table (a real IOMMU) and
+//!   the device's physical storage are the reference host's in-memory models; the fired message
+//!   does not yet pass through the platform's VT-d remapping model.
 //! * vIR offered (the host's CPUID leaves added) or not (the legacy situation).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +37,8 @@ use vir_host::VmId;
 use vir_host::config::{
     DeviceConfig, HostConfig, Quotas, SourceValidation, StorageSizes, VcpuConfig, VmConfig,
 };
-use vir_host::testing::{MockIrteTable, MockPhysicalIrqs};
+use vir_host::testing::{MockDeviceStorage, MockIrteTable, MockPhysicalIrqs};
+use vir_host::{MsixField, TrapRead, TrapWrite};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
@@ -52,6 +61,15 @@ pub const DOORBELL_PORT: u16 = 0x5650;
 pub const FIRE_PORT: u16 = 0x5670;
 /// The test device's id and requester id (00:01.0).
 pub const TEST_DEVICE_RID: u16 = 0x0008;
+/// The test device's PCI vendor and device id (config dword 0).
+pub const TEST_DEVICE_IDS: u32 = 0x0001_5649;
+/// Guest-physical address of the test device's BAR0: its MSI-X table (64 entries of 16 bytes),
+/// then its pending-bit array at offset 0x800.
+pub const MSIX_BAR: u64 = 0xC000_0000;
+/// MSI-X table entries of the test device.
+pub const MSIX_ENTRIES: u32 = 64;
+/// Config-space offset of the test device's MSI-X capability.
+const MSIX_CAP: u32 = 0x40;
 /// Most vCPUs a machine may have (the image's limit).
 pub const MAX_VCPUS: u32 = 16;
 
@@ -246,6 +264,9 @@ pub type KvmHost = Host<MockIrteTable, KvmRouting, MockPhysicalIrqs>;
 struct Shared {
     mem: GuestMemoryMmap<()>,
     host: Mutex<KvmHost>,
+    /// The device's physical interrupt storage (modelled: no VFIO here), written by the host's
+    /// legacy code. Locked after `host`.
+    storage: Mutex<MockDeviceStorage>,
     vm_id: VmId,
     console: Mutex<Vec<u8>>,
     stop: AtomicBool,
@@ -493,6 +514,7 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
     let shared = Arc::new(Shared {
         mem,
         host: Mutex::new(host),
+        storage: Mutex::new(MockDeviceStorage::new()),
         vm_id,
         console: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
@@ -582,6 +604,106 @@ fn fire(shared: &Shared, value: u32) -> bool {
         .is_some_and(|fd| fd.write(1).is_ok())
 }
 
+/// The test device's function (00:01.0) addressed by a `CONFIG_ADDRESS` value, with the
+/// register offset; `None` for disabled accesses and absent functions.
+fn test_device_register(address: u32) -> Option<u32> {
+    let enabled = address & (1 << 31) != 0;
+    let rid = (address >> 8) & 0xFFFF;
+    (enabled && rid == u32::from(TEST_DEVICE_RID)).then_some(address & 0xFC)
+}
+
+/// A configuration read: the test device's header and MSI-X capability (its Message Control
+/// from the host's legacy emulation); all ones for absent functions.
+fn config_read(shared: &Shared, address: u32) -> u32 {
+    let Some(reg) = test_device_register(address) else {
+        return u32::MAX;
+    };
+    match reg {
+        0x00 => TEST_DEVICE_IDS,
+        // Status: capability list; command: memory space, bus master.
+        0x04 => 0x0010_0006,
+        0x08 => 0xFF00_0000,
+        0x10 => MSIX_BAR as u32,
+        0x34 => MSIX_CAP,
+        MSIX_CAP => {
+            let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
+            let control = host
+                .trap_read(
+                    shared.vm_id,
+                    u32::from(TEST_DEVICE_RID),
+                    TrapRead::MsixControl,
+                )
+                .unwrap_or(0);
+            (control << 16) | 0x11
+        }
+        0x44 => 0,
+        0x48 => 0x800,
+        _ => 0,
+    }
+}
+
+/// A configuration write: Message Control of the MSI-X capability goes to the host's legacy
+/// code (trapped in every state); everything else is read-only.
+fn config_write(shared: &Shared, address: u32, value: u32) {
+    if test_device_register(address) != Some(MSIX_CAP) {
+        return;
+    }
+    let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
+    let mut storage = shared.storage.lock().unwrap_or_else(|p| p.into_inner());
+    // A refused or failing write has no status on real hardware: the register keeps its value.
+    let _ = host.trap_write(
+        shared.vm_id,
+        u32::from(TEST_DEVICE_RID),
+        TrapWrite::MsixControl((value >> 16) as u16),
+        &shared.mem,
+        &mut *storage,
+    );
+}
+
+/// The MSI-X table entry and field at `addr`, if it is one.
+fn msix_field(addr: u64) -> Option<(u32, MsixField)> {
+    let off = addr.checked_sub(MSIX_BAR)?;
+    let index = u32::try_from(off / 16).ok()?;
+    if index >= MSIX_ENTRIES {
+        return None;
+    }
+    MsixField::from_offset((off % 16) as u32).map(|f| (index, f))
+}
+
+/// A trapped read of the MSI-X table (the pending-bit array reads as zero).
+fn msix_read(shared: &Shared, addr: u64) -> u32 {
+    let Some((index, field)) = msix_field(addr) else {
+        return 0;
+    };
+    let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
+    host.trap_read(
+        shared.vm_id,
+        u32::from(TEST_DEVICE_RID),
+        TrapRead::MsixEntry { index, field },
+    )
+    .unwrap_or(u32::MAX)
+}
+
+/// A trapped write of the MSI-X table, handed to the host's legacy code.
+fn msix_write(shared: &Shared, addr: u64, value: u32) {
+    let Some((index, field)) = msix_field(addr) else {
+        return;
+    };
+    let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
+    let mut storage = shared.storage.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = host.trap_write(
+        shared.vm_id,
+        u32::from(TEST_DEVICE_RID),
+        TrapWrite::MsixEntry {
+            index,
+            field,
+            value,
+        },
+        &shared.mem,
+        &mut *storage,
+    );
+}
+
 /// Runs one vCPU until the machine stops; returns its file descriptor so it is closed on the
 /// main thread after the others.
 fn vcpu_loop(mut vcpu: VcpuFd, index: u32, shared: &Shared) -> VcpuFd {
@@ -629,16 +751,26 @@ fn vcpu_loop(mut vcpu: VcpuFd, index: u32, shared: &Shared) -> VcpuFd {
                 c.pci_config.fetch_add(1, Ordering::Relaxed);
                 pci_address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             }
-            VcpuExit::IoOut(port, _) if (PCI_CONFIG_DATA..PCI_CONFIG_DATA + 4).contains(&port) => {
-                // No device claims configuration space yet: writes are dropped.
+            VcpuExit::IoOut(port, data)
+                if (PCI_CONFIG_DATA..PCI_CONFIG_DATA + 4).contains(&port) =>
+            {
                 c.pci_config.fetch_add(1, Ordering::Relaxed);
+                if port == PCI_CONFIG_DATA && data.len() == 4 {
+                    let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                    config_write(shared, pci_address, value);
+                }
             }
             VcpuExit::IoIn(port, data)
                 if (PCI_CONFIG_DATA..PCI_CONFIG_DATA + 4).contains(&port) =>
             {
                 c.pci_config.fetch_add(1, Ordering::Relaxed);
-                let _ = pci_address;
-                data.fill(0xFF);
+                let value = if port == PCI_CONFIG_DATA && data.len() == 4 {
+                    config_read(shared, pci_address)
+                } else {
+                    u32::MAX
+                };
+                let n = data.len().min(4);
+                data[..n].copy_from_slice(&value.to_le_bytes()[..n]);
             }
             VcpuExit::IoOut(port, data) => {
                 let value = match data.len() {
@@ -666,12 +798,22 @@ fn vcpu_loop(mut vcpu: VcpuFd, index: u32, shared: &Shared) -> VcpuFd {
                 c.other_pio.fetch_add(1, Ordering::Relaxed);
                 data.fill(0xFF);
             }
-            VcpuExit::MmioRead(_, data) => {
+            VcpuExit::MmioRead(addr, data) => {
                 c.mmio.fetch_add(1, Ordering::Relaxed);
-                data.fill(0xFF);
+                let value = if data.len() == 4 {
+                    msix_read(shared, addr)
+                } else {
+                    u32::MAX
+                };
+                let n = data.len().min(4);
+                data[..n].copy_from_slice(&value.to_le_bytes()[..n]);
             }
-            VcpuExit::MmioWrite(..) => {
+            VcpuExit::MmioWrite(addr, data) => {
                 c.mmio.fetch_add(1, Ordering::Relaxed);
+                if data.len() == 4 {
+                    let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                    msix_write(shared, addr, value);
+                }
             }
             VcpuExit::Hlt => {}
             VcpuExit::Shutdown => shared.finish(RunEnd::VcpuFailed {
