@@ -9,6 +9,11 @@
 //! image's checks (text, or JSON with `--json`; `--junit FILE` writes them as JUnit XML), its
 //! figures converted from TSC ticks to microseconds, and the VMM's exit counts. Exit status 1
 //! when a check failed or KVM cannot be used (the message says why).
+//!
+//! With `--conform` the report is instead the image's in-guest conformance checks (host
+//! requirements a guest observes through its own calls, one `REQ` line each on the console)
+//! rendered by `vir-conform` exactly as `vir conform` renders its suite: per requirement, text,
+//! JSON or JUnit.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +21,10 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
+use vir_abi::status::Status;
+use vir_conform::outcome::{Expected, Failure, Outcome};
+use vir_conform::registry::{Check, HostKind};
+use vir_conform::runner::CheckRun;
 use vir_kvm::image::{self, Elf};
 use vir_kvm::machine::{MAX_VCPUS, MachineConfig, RunEnd, RunReport, run_image};
 
@@ -39,6 +48,10 @@ pub struct KvmArgs {
     /// Boot this ELF instead of building guest-image/ from this source tree
     #[arg(long, value_name = "ELF")]
     image: Option<PathBuf>,
+    /// Print the image's in-guest conformance checks as the per-requirement report of `vir
+    /// conform` (text, or JSON with --json; --junit writes that report's JUnit XML)
+    #[arg(long)]
+    conform: bool,
     /// Give up after this many seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     deadline: u64,
@@ -155,6 +168,74 @@ fn print(report: &RunReport, args: &KvmArgs, out: &mut dyn Write) -> std::io::Re
     )
 }
 
+/// Stands in for a check's run function: an image check runs inside the guest, never against a
+/// host factory, so `vir conform` cannot run it.
+fn runs_in_image(_: &mut dyn vir_conform::hut::HostUnderTest) -> Outcome {
+    Outcome::NotTestable("runs inside the guest image: boot it with `vir kvm --conform`".into())
+}
+
+/// The image's `REQ` lines as a `vir conform` report: one check per line, verifying the IDs it
+/// names, with the outcome the guest observed.
+fn conform_report(report: &RunReport) -> Result<vir_conform::Report, CliError> {
+    let mut runs = Vec::new();
+    for line in report.lines().filter_map(|l| l.strip_prefix("REQ ")) {
+        let mut it = line.split(' ');
+        let (Some(name), Some(ids), Some(verdict)) = (it.next(), it.next(), it.next()) else {
+            return Err(CliError::Kvm(format!(
+                "malformed REQ line from the image: {line}"
+            )));
+        };
+        let outcome = match verdict {
+            "pass" => Outcome::Pass,
+            "fail-status" => {
+                let rest: Vec<&str> = it.collect();
+                let n = rest.len();
+                let code = |s: Option<&&str>| s.and_then(|s| s.parse::<u32>().ok());
+                let (Some(expected), Some(actual)) = (
+                    code(rest.get(n.wrapping_sub(2))),
+                    code(rest.get(n.wrapping_sub(1))),
+                ) else {
+                    return Err(CliError::Kvm(format!(
+                        "malformed REQ line from the image: {line}"
+                    )));
+                };
+                Outcome::Fail(Failure::Status {
+                    step: rest[..n - 2].join(" "),
+                    expected: Expected::Exactly(Status(expected)),
+                    actual: Status(actual),
+                })
+            }
+            _ => {
+                return Err(CliError::Kvm(format!(
+                    "malformed REQ line from the image: {line}"
+                )));
+            }
+        };
+        let ids: Vec<&'static str> = ids
+            .split(',')
+            .map(|id| &*Box::leak(id.to_string().into_boxed_str()))
+            .collect();
+        let check: &'static Check = Box::leak(Box::new(Check {
+            ids: Box::leak(ids.into_boxed_slice()),
+            name: Box::leak(name.to_string().into_boxed_str()),
+            description: "checked by the guest image through its own vIR calls on real KVM",
+            host: HostKind::Fixture,
+            run: runs_in_image,
+        }));
+        runs.push(CheckRun {
+            check,
+            outcome,
+            advisory: false,
+        });
+    }
+    vir_conform::runner::build_report(
+        "vir-host on real KVM, seen from the guest image (vir kvm)".into(),
+        runs,
+        &vir_conform::RunOptions::default(),
+    )
+    .map_err(CliError::Conformance)
+}
+
 /// Runs `vir kvm`.
 pub fn run(args: &KvmArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if args.vcpus == 0 || args.vcpus > MAX_VCPUS {
@@ -177,9 +258,21 @@ pub fn run(args: &KvmArgs, out: &mut dyn Write) -> Result<(), CliError> {
         ..MachineConfig::default()
     };
     let report = run_image(&elf, &config).map_err(|e| CliError::Kvm(e.to_string()))?;
-    print(&report, args, out).map_err(CliError::Output)?;
-    if let Some(file) = &args.junit {
-        std::fs::write(file, junit(&report)).map_err(CliError::Output)?;
+    if args.conform {
+        let conform = conform_report(&report)?;
+        if args.json {
+            writeln!(out, "{:#}", vir_conform::report::json(&conform)).map_err(CliError::Output)?;
+        } else {
+            write!(out, "{}", vir_conform::report::text(&conform)).map_err(CliError::Output)?;
+        }
+        if let Some(file) = &args.junit {
+            std::fs::write(file, vir_conform::report::junit(&conform)).map_err(CliError::Output)?;
+        }
+    } else {
+        print(&report, args, out).map_err(CliError::Output)?;
+        if let Some(file) = &args.junit {
+            std::fs::write(file, junit(&report)).map_err(CliError::Output)?;
+        }
     }
     let failed: Vec<String> = report
         .checks()

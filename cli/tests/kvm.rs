@@ -113,3 +113,54 @@ fn kvm_legacy_stays_off_vir() {
     );
     assert!(out.contains("legacy: "), "{out}");
 }
+
+/// The per-requirement verdicts of a `--json` conformance report.
+fn verdicts(j: &Json) -> Vec<(String, String)> {
+    j["requirements"]
+        .as_array()
+        .expect("requirements")
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The image's in-guest conformance report on real KVM has the shape of `vir conform`'s and
+/// agrees with it on every requirement both check.
+#[test]
+fn kvm_conform_report_matches_vir_conform_where_both_check() {
+    if !kvm_usable() {
+        return;
+    }
+    let image = vir(&["kvm", "--conform", "--json"]);
+    let text = String::from_utf8_lossy(&image.stdout);
+    assert_eq!(image.status.code(), Some(0), "{text}");
+    let image: Json = serde_json::from_str(&text).expect("JSON report");
+    assert_eq!(image["passed"], true);
+    let suite = vir(&["conform", "--json"]);
+    let suite: Json = serde_json::from_slice(&suite.stdout).expect("JSON report");
+    let suite = verdicts(&suite);
+    let checked: Vec<(String, String)> = verdicts(&image)
+        .into_iter()
+        .filter(|(_, v)| v != "no check")
+        .collect();
+    assert!(checked.len() >= 8, "{checked:?}");
+    let mut both = 0;
+    for (id, verdict) in &checked {
+        assert_eq!(verdict, "pass", "{id}");
+        let theirs = suite.iter().find(|(i, _)| i == id).map(|(_, v)| v.as_str());
+        if theirs.is_some_and(|v| v != "no check" && v != "not testable") {
+            both += 1;
+            assert_eq!(
+                theirs,
+                Some("pass"),
+                "{id}: image pass, vir conform {theirs:?}"
+            );
+        }
+    }
+    assert!(both > 0, "no requirement checked by both");
+}

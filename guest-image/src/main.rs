@@ -25,6 +25,7 @@ mod arch;
 mod boot;
 #[macro_use]
 mod console;
+mod conform;
 mod heap;
 mod mem;
 mod pci;
@@ -61,7 +62,7 @@ pub const TRANSPORT_TOO_LARGE: Status = Status(u32::MAX);
 /// vCPUs that finished their setup.
 static ONLINE: AtomicU32 = AtomicU32::new(0);
 /// Checks that failed.
-static FAILED: AtomicU32 = AtomicU32::new(0);
+pub(crate) static FAILED: AtomicU32 = AtomicU32::new(0);
 
 /// Ends the run with `code` on the exit port, then parks the vCPU.
 pub fn exit(code: u32) -> ! {
@@ -259,6 +260,9 @@ fn vir_calls(ncpus: u32) {
         query_ok,
         format_args!("{} calls", Dec(N as u64)),
     );
+    if session.is_ok() {
+        conform::run(&mut db);
+    }
     let mut times = workload::CallTimes::default();
     if session.is_ok() {
         workload::run(&mut db, ncpus, &mut times);
