@@ -130,6 +130,8 @@ fn print(report: &RunReport, args: &KvmArgs, out: &mut dyn Write) -> std::io::Re
                 "mmio": report.exits.mmio,
                 "fired": report.exits.fired,
                 "fired_unrouted": report.exits.fired_unrouted,
+                "remapped": report.exits.remapped,
+                "blocked": report.exits.blocked,
             },
         });
         return writeln!(out, "{j:#}");

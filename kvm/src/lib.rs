@@ -23,6 +23,7 @@
 
 mod host_io;
 pub mod image;
+pub mod iommu;
 pub mod machine;
 pub mod program;
 pub mod routing;

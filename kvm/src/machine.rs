@@ -16,10 +16,12 @@
 //!   the storage kinds vIR allocates (MSI, MSI-X, IMS in device and in system memory).
 //! * Delivery on real KVM: the host's virtual routing is [`KvmRouting`] (`KVM_SET_GSI_ROUTING`
 //!   MSI routes + `KVM_IRQFD`); a fired entry signals the irqfd of the GSI its physical IRQ was
-//!   started with, and KVM's in-kernel LAPIC injects the vector. What this machine cannot have
-//!   stays modelled and is named so: the physical IRQs (VFIO), the IRTE table (a real IOMMU) and
-//!   the device's physical storage are the reference host's in-memory models; the fired message
-//!   does not yet pass through the platform's VT-d remapping model.
+//!   started with, and KVM's in-kernel LAPIC injects the vector. An MSI-X interrupt first goes
+//!   through the platform's VT-d model ([`VtdTable`], the host's IRTE table) with the device's
+//!   requester id, from the message in the device's table. What this machine cannot have stays
+//!   modelled and is named so: the physical IRQs (VFIO), the remapping unit (a real IOMMU) and
+//!   the device's physical storage; MSI and IMS storage are not modelled in the device yet, so
+//!   their interrupts go from the host's physical IRQ to the irqfd without the VT-d step.
 //! * vIR offered (the host's CPUID leaves added) or not (the legacy situation).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,17 +34,21 @@ use kvm_bindings::{
     kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use vir_abi::hw::msi::MsiMessage;
 use vir_host::Host;
 use vir_host::VmId;
 use vir_host::config::{
     DeviceConfig, HostConfig, Quotas, SourceValidation, StorageSizes, VcpuConfig, VmConfig,
 };
-use vir_host::testing::{MockDeviceStorage, MockIrteTable, MockPhysicalIrqs};
-use vir_host::{MsixField, TrapRead, TrapWrite};
+use vir_host::testing::{MockDeviceStorage, MockPhysicalIrqs};
+use vir_host::{IrMode, MsixField, TrapError, TrapRead, TrapWrite};
+use vir_platform::ids::RequesterId;
+use vir_platform::iommu::RemapOutcome;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::image::Elf;
+use crate::iommu::VtdTable;
 use crate::routing::KvmRouting;
 use crate::vmm::{VmmError, kvm_available};
 
@@ -122,6 +128,10 @@ pub struct ExitCounts {
     pub fired: u64,
     /// Fire requests for an entry with no started interrupt (nothing signalled).
     pub fired_unrouted: u64,
+    /// Of the interrupts raised, those whose message went through the VT-d model (MSI-X).
+    pub remapped: u64,
+    /// Device writes the VT-d model blocked (fault) or that could not signal (entry masked).
+    pub blocked: u64,
 }
 
 #[derive(Default)]
@@ -134,6 +144,8 @@ struct Counters {
     interrupted: AtomicU64,
     fired: AtomicU64,
     fired_unrouted: AtomicU64,
+    remapped: AtomicU64,
+    blocked: AtomicU64,
 }
 
 impl Counters {
@@ -147,6 +159,8 @@ impl Counters {
             interrupted: self.interrupted.load(Ordering::Relaxed),
             fired: self.fired.load(Ordering::Relaxed),
             fired_unrouted: self.fired_unrouted.load(Ordering::Relaxed),
+            remapped: self.remapped.load(Ordering::Relaxed),
+            blocked: self.blocked.load(Ordering::Relaxed),
         }
     }
 }
@@ -258,8 +272,9 @@ impl RunReport {
 }
 
 /// The reference host of this VMM: IRTE table and physical IRQs modelled in memory (no VFIO, no
-/// IOMMU on this machine), virtual routing on real KVM.
-pub type KvmHost = Host<MockIrteTable, KvmRouting, MockPhysicalIrqs>;
+/// IOMMU on this machine: the IRTE table is the platform's VT-d model), virtual routing on real
+/// KVM.
+pub type KvmHost = Host<VtdTable, KvmRouting, MockPhysicalIrqs>;
 
 struct Shared {
     mem: GuestMemoryMmap<()>,
@@ -267,6 +282,9 @@ struct Shared {
     /// The device's physical interrupt storage (modelled: no VFIO here), written by the host's
     /// legacy code. Locked after `host`.
     storage: Mutex<MockDeviceStorage>,
+    /// The MSI-X table as the guest writes it once it is no longer trapped (after NEGOTIATE
+    /// the VMM maps it: writes go straight to the device's storage). Locked after `storage`.
+    msix_mapped: Mutex<Vec<[u32; 4]>>,
     vm_id: VmId,
     console: Mutex<Vec<u8>>,
     stop: AtomicBool,
@@ -414,11 +432,13 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
     let host_config = HostConfig {
         doorbell_port: Some(DOORBELL_PORT),
         register_bindings: 0,
+        ir_mode: IrMode::Remapped,
+        apic_mode: vir_abi::hw::ApicMode::X2Apic,
         ..HostConfig::default()
     };
     let mut host = Host::new(
         host_config,
-        MockIrteTable::new(4096),
+        VtdTable::new(),
         KvmRouting::new(Arc::clone(&vm)),
         MockPhysicalIrqs::new(4, 200),
     )
@@ -515,6 +535,7 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
         mem,
         host: Mutex::new(host),
         storage: Mutex::new(MockDeviceStorage::new()),
+        msix_mapped: Mutex::new(vec![[0, 0, 0, 1]; MSIX_ENTRIES as usize]),
         vm_id,
         console: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
@@ -586,22 +607,73 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
     })
 }
 
-/// The test device raises entry `value` (kind in bits 31:24, slot in 23:0): the physical IRQ
-/// the host started for that entry (modelled) signals the irqfd of its GSI, and KVM injects the
-/// route's vector into the route's vCPU. Returns whether an interrupt was raised.
-fn fire(shared: &Shared, value: u32) -> bool {
+/// What a fire request did.
+enum Fired {
+    /// An irqfd was signalled; `remapped` when the message went through the VT-d model.
+    Delivered {
+        /// Whether the VT-d model remapped the message.
+        remapped: bool,
+    },
+    /// The entry could not signal (masked, disabled) or the VT-d model blocked its write.
+    Blocked,
+    /// No started interrupt matches.
+    Unrouted,
+}
+
+/// The test device raises entry `value` (kind in bits 31:24, slot in 23:0).
+///
+/// MSI-X: the device reads the entry from its (physical) table; if it can signal, its message
+/// is written to the interrupt window, remapped by the VT-d model with the device's requester
+/// id into a host vector on a physical CPU; the physical IRQ on that vector signals the irqfd of
+/// its GSI, and KVM injects the route's vector into the route's vCPU.
+///
+/// MSI and IMS: the device's storage for these kinds is not modelled in this VMM yet, so the
+/// physical IRQ the host started for the entry signals its irqfd directly (no VT-d step).
+fn fire(shared: &Shared, value: u32) -> Fired {
     let kind = vir_abi::wire::StorageKind((value >> 24) as u8);
     let slot = value & 0x00FF_FFFF;
-    let host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
-    let gsi = host.irqs().irqs().values().find_map(|irq| {
-        (irq.vm == shared.vm_id
-            && irq.source.requester_id == TEST_DEVICE_RID
-            && irq.source.kind == kind
-            && irq.source.slot == slot)
-            .then_some(irq.gsi)
-    });
-    gsi.and_then(|g| host.routing().eventfd(g))
-        .is_some_and(|fd| fd.write(1).is_ok())
+    let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
+    let gsi = if kind == vir_abi::wire::StorageKind::MSIX {
+        let (message, can_signal) = {
+            let storage = shared.storage.lock().unwrap_or_else(|p| p.into_inner());
+            let dev = storage.device(TEST_DEVICE_RID);
+            (dev.msix_entry(slot).0, dev.msix_can_signal(slot))
+        };
+        if !can_signal {
+            return Fired::Blocked;
+        }
+        let RemapOutcome::Remapped(r) = host
+            .table_mut()
+            .unit_mut()
+            .remap(RequesterId(TEST_DEVICE_RID), message)
+        else {
+            return Fired::Blocked;
+        };
+        host.irqs().irqs().values().find_map(|irq| {
+            (irq.vm == shared.vm_id
+                && irq.vector.apic_id == r.dest.0
+                && irq.vector.vector == r.vector)
+                .then_some(irq.gsi)
+        })
+    } else {
+        host.irqs().irqs().values().find_map(|irq| {
+            (irq.vm == shared.vm_id
+                && irq.source.requester_id == TEST_DEVICE_RID
+                && irq.source.kind == kind
+                && irq.source.slot == slot)
+                .then_some(irq.gsi)
+        })
+    };
+    let signalled = gsi
+        .and_then(|g| host.routing().eventfd(g))
+        .is_some_and(|fd| fd.write(1).is_ok());
+    if signalled {
+        Fired::Delivered {
+            remapped: kind == vir_abi::wire::StorageKind::MSIX,
+        }
+    } else {
+        Fired::Unrouted
+    }
 }
 
 /// The test device's function (00:01.0) addressed by a `CONFIG_ADDRESS` value, with the
@@ -676,12 +748,28 @@ fn msix_read(shared: &Shared, addr: u64) -> u32 {
         return 0;
     };
     let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
-    host.trap_read(
+    match host.trap_read(
         shared.vm_id,
         u32::from(TEST_DEVICE_RID),
         TrapRead::MsixEntry { index, field },
-    )
-    .unwrap_or(u32::MAX)
+    ) {
+        Ok(v) => v,
+        // Negotiated: the table is mapped, the guest reads the device's table.
+        Err(TrapError::MsixNotTrapped { .. }) => {
+            let mapped = shared.msix_mapped.lock().unwrap_or_else(|p| p.into_inner());
+            mapped[index as usize][field_slot(field)]
+        }
+        Err(_) => u32::MAX,
+    }
+}
+
+fn field_slot(field: MsixField) -> usize {
+    match field {
+        MsixField::AddressLo => 0,
+        MsixField::AddressHi => 1,
+        MsixField::Data => 2,
+        MsixField::VectorControl => 3,
+    }
 }
 
 /// A trapped write of the MSI-X table, handed to the host's legacy code.
@@ -691,7 +779,7 @@ fn msix_write(shared: &Shared, addr: u64, value: u32) {
     };
     let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
     let mut storage = shared.storage.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = host.trap_write(
+    let trapped = host.trap_write(
         shared.vm_id,
         u32::from(TEST_DEVICE_RID),
         TrapWrite::MsixEntry {
@@ -702,6 +790,22 @@ fn msix_write(shared: &Shared, addr: u64, value: u32) {
         &shared.mem,
         &mut *storage,
     );
+    if let Err(TrapError::MsixNotTrapped { .. }) = trapped {
+        // Negotiated: the table is mapped into the guest, so the write reaches the device's
+        // table as it is (the guest writes the message ACTIVATE returned).
+        let mut mapped = shared.msix_mapped.lock().unwrap_or_else(|p| p.into_inner());
+        let e = &mut mapped[index as usize];
+        e[field_slot(field)] = value;
+        let message = MsiMessage {
+            address_lo: e[0],
+            address_hi: e[1],
+            data: e[2],
+        };
+        let masked = e[3] & 1 != 0;
+        use vir_host::DeviceStorage;
+        storage.write_msix_message(TEST_DEVICE_RID, index, message);
+        storage.set_msix_masked(TEST_DEVICE_RID, index, masked);
+    }
 }
 
 /// Runs one vCPU until the machine stops; returns its file descriptor so it is closed on the
@@ -741,10 +845,19 @@ fn vcpu_loop(mut vcpu: VcpuFd, index: u32, shared: &Shared) -> VcpuFd {
             }
             VcpuExit::IoOut(FIRE_PORT, data) if data.len() == 4 => {
                 let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-                if fire(shared, value) {
-                    c.fired.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    c.fired_unrouted.fetch_add(1, Ordering::Relaxed);
+                match fire(shared, value) {
+                    Fired::Delivered { remapped } => {
+                        c.fired.fetch_add(1, Ordering::Relaxed);
+                        if remapped {
+                            c.remapped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Fired::Blocked => {
+                        c.blocked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Fired::Unrouted => {
+                        c.fired_unrouted.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             VcpuExit::IoOut(PCI_CONFIG_ADDRESS, data) if data.len() == 4 => {
