@@ -52,6 +52,9 @@ pub struct KvmArgs {
     /// conform` (text, or JSON with --json; --junit writes that report's JUnit XML)
     #[arg(long)]
     conform: bool,
+    /// Boot at the image's PVH entry (32-bit protected mode, one vCPU) as PVH VMMs do
+    #[arg(long)]
+    pvh: bool,
     /// Give up after this many seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     deadline: u64,
@@ -240,6 +243,13 @@ fn conform_report(report: &RunReport) -> Result<vir_conform::Report, CliError> {
 
 /// Runs `vir kvm`.
 pub fn run(args: &KvmArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    if args.pvh && args.vcpus != 1 {
+        return Err(CliError::Usage(UsageError::BadOptionValue {
+            option: "--vcpus",
+            value: args.vcpus.to_string(),
+            expected: "1 with --pvh (a PVH boot starts one vCPU)",
+        }));
+    }
     if args.vcpus == 0 || args.vcpus > MAX_VCPUS {
         return Err(CliError::Usage(UsageError::BadOptionValue {
             option: "--vcpus",
@@ -257,6 +267,7 @@ pub fn run(args: &KvmArgs, out: &mut dyn Write) -> Result<(), CliError> {
         vcpus: args.vcpus,
         vir: !args.legacy,
         deadline: Duration::from_secs(args.deadline),
+        pvh: args.pvh,
         ..MachineConfig::default()
     };
     let report = run_image(&elf, &config).map_err(|e| CliError::Kvm(e.to_string()))?;

@@ -84,6 +84,10 @@ const BOOT_GDT: u64 = 0x500;
 const PML4: u64 = 0x1000;
 const PDPT: u64 = 0x2000;
 const PD: u64 = 0x3000;
+/// Where the PVH boot's `hvm_start_info` goes.
+const PVH_START_INFO: u64 = 0x8000;
+/// `hvm_start_info.magic`.
+const PVH_MAGIC: u32 = 0x336E_C578;
 
 /// How to run the image.
 #[derive(Debug, Clone)]
@@ -96,6 +100,10 @@ pub struct MachineConfig {
     pub vir: bool,
     /// Wall-clock bound of the run.
     pub deadline: Duration,
+    /// Boot at the image's PVH entry (`XEN_ELFNOTE_PHYS32_ENTRY`) the way PVH VMMs do — one
+    /// vCPU in 32-bit protected mode, paging off, `EBX` = an `hvm_start_info` — instead of
+    /// starting every vCPU in long mode at the 64-bit entry. Needs `vcpus == 1`.
+    pub pvh: bool,
 }
 
 impl Default for MachineConfig {
@@ -105,6 +113,7 @@ impl Default for MachineConfig {
             mem_size: 64 << 20,
             vir: true,
             deadline: Duration::from_secs(60),
+            pvh: false,
         }
     }
 }
@@ -375,6 +384,14 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
     if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
         return Err(VmmError::BadConfig("vCPU count must be 1..=16"));
     }
+    let pvh_entry = match (config.pvh, elf.pvh_entry) {
+        (false, _) => None,
+        (true, _) if config.vcpus != 1 => {
+            return Err(VmmError::BadConfig("a PVH boot starts one vCPU"));
+        }
+        (true, None) => return Err(VmmError::BadConfig("the image has no PVH note")),
+        (true, Some(e)) => Some(e),
+    };
     let signal = kick_signal()?;
     let kvm = Kvm::new().map_err(kvm_err("open"))?;
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
@@ -408,10 +425,15 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
         mem.write_slice(&s.data, GuestAddress(s.paddr))
             .map_err(VmmError::Memory)?;
     }
-    // Boot GDT: null, 64-bit code (0x08), data (0x10).
-    for (i, d) in [0u64, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF]
-        .iter()
-        .enumerate()
+    // Boot GDT: null, 64-bit code (0x08), data (0x10), 32-bit code (0x18, for a PVH boot).
+    for (i, d) in [
+        0u64,
+        0x00AF_9A00_0000_FFFF,
+        0x00CF_9200_0000_FFFF,
+        0x00CF_9A00_0000_FFFF,
+    ]
+    .iter()
+    .enumerate()
     {
         mem.write_obj(*d, GuestAddress(BOOT_GDT + 8 * i as u64))
             .map_err(VmmError::Memory)?;
@@ -496,7 +518,6 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
         let data = long_mode_segment(0x10, false);
         (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
         sregs.gdt.base = BOOT_GDT;
-        sregs.gdt.limit = 23;
         sregs.idt.base = 0;
         sregs.idt.limit = 0;
         sregs.cr3 = PML4;
@@ -506,6 +527,23 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
         sregs.cr0 = 1 | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
         // LME | LMA.
         sregs.efer = (1 << 8) | (1 << 10);
+        if pvh_entry.is_some() {
+            // PVH: 32-bit flat protected mode, paging off.
+            let mut cs = long_mode_segment(0x18, true);
+            cs.l = 0;
+            cs.db = 1;
+            sregs.cs = cs;
+            sregs.cr0 = 1 | (1 << 4);
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            sregs.cr3 = 0;
+            mem.write_obj(PVH_MAGIC, GuestAddress(PVH_START_INFO))
+                .map_err(VmmError::Memory)?;
+            // version 1; no modules, no command line, no memory map.
+            mem.write_obj(1u32, GuestAddress(PVH_START_INFO + 4))
+                .map_err(VmmError::Memory)?;
+        }
+        sregs.gdt.limit = 31;
         vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
         let mut xcrs = vcpu.get_xcrs().map_err(kvm_err("KVM_GET_XCRS"))?;
         for x in xcrs.xcrs.iter_mut().take(xcrs.nr_xcrs as usize) {
@@ -518,6 +556,10 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
         regs.rip = elf.entry64;
         regs.rdi = u64::from(i);
         regs.rsi = u64::from(config.vcpus);
+        if let Some(entry) = pvh_entry {
+            regs.rip = u64::from(entry);
+            regs.rbx = PVH_START_INFO;
+        }
         regs.rsp = 0;
         regs.rflags = 2;
         vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;

@@ -125,3 +125,27 @@ fn image_without_vir_uses_the_trapped_msix_table() {
     assert_eq!(report.exits.blocked, 0);
     assert!(report.exits.mmio >= 8 * 5, "every table write trapped");
 }
+
+#[test]
+fn image_boots_at_its_pvh_entry_in_32_bit_protected_mode() {
+    if !kvm_or_skip() {
+        return;
+    }
+    let report = boot(MachineConfig {
+        vcpus: 1,
+        pvh: true,
+        ..MachineConfig::default()
+    });
+    assert_eq!(report.end, RunEnd::Exit(0), "console:\n{}", report.console);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("vir-guest-image: 1 vCPU(s)")),
+        "{}",
+        report.console
+    );
+    assert_passed(
+        &report,
+        &["cpus-online", "negotiate", "deliver-after-setup"],
+    );
+}
