@@ -149,15 +149,15 @@ fn bring_up(ncpus: usize) {
             Dec(ncpus as u64)
         ),
     );
-    for c in 0..ncpus {
+    for (c, row) in HITS.iter().enumerate().take(ncpus) {
         let vector = 0x40 + c as u8;
         arch::send_ipi(c as u32, vector);
         let hit = wait_until(WAIT, || {
-            HITS[c][usize::from(vector)].load(Ordering::Relaxed) > 0
+            row[usize::from(vector)].load(Ordering::Relaxed) > 0
         });
         check(
             "ipi",
-            hit && HITS[c][usize::from(vector)].load(Ordering::Relaxed) == 1,
+            hit && row[usize::from(vector)].load(Ordering::Relaxed) == 1,
             format_args!("vcpu={} vector={}", Dec(c as u64), Hex(u64::from(vector))),
         );
     }

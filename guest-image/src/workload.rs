@@ -26,6 +26,29 @@ pub const TEST_DEVICE_IDS: u32 = 0x0001_5649;
 /// MSI-X entries the legacy workload programs.
 const LEGACY_ENTRIES: u32 = 8;
 
+/// Offset in BAR0 of the device's IMS array (16-byte entries like MSI-X's).
+const IMS_ARRAY: u64 = 0x1000;
+/// Offset in BAR0 of the register taking the GPA of the IMS entries in system memory.
+const IMS_SYSTEM_BASE: u64 = 0x2000;
+
+/// The IMS entries in system memory the device reads (16 bytes each: address lo, address hi,
+/// data, control with bit 0 = mask), all masked until programmed.
+#[repr(C, align(64))]
+struct ImsSystem([[u32; 4]; 16]);
+static mut IMS_SYSTEM: ImsSystem = ImsSystem([[0, 0, 0, 1]; 16]);
+
+/// Writes IMS system-memory entry `slot` (below 16).
+fn ims_system_write(slot: u32, words: [u32; 4]) {
+    let base = (&raw mut IMS_SYSTEM).cast::<[u32; 4]>();
+    for (i, w) in words.iter().enumerate() {
+        // SAFETY: `slot` < 16 (the caller's bound) and `i` < 4, so the pointer is inside the
+        // static; only vCPU 0 writes it, and the device reads it only when asked to fire.
+        unsafe {
+            core::ptr::write_volatile(base.wrapping_add(slot as usize).cast::<u32>().add(i), *w)
+        }
+    }
+}
+
 /// Slots used per storage kind.
 const SLOTS: [(StorageKind, u32); 4] = [
     (StorageKind::MSI, 1),
@@ -155,6 +178,9 @@ pub fn run(db: &mut Doorbell, ncpus: u32, times: &mut CallTimes) {
         return;
     };
     bdf.write(cap, (head & 0xFFFF) | (0x8000 << 16));
+    let ims_base = (&raw const IMS_SYSTEM) as u64;
+    mmio_write(bar + IMS_SYSTEM_BASE, ims_base as u32);
+    mmio_write(bar + IMS_SYSTEM_BASE + 4, (ims_base >> 32) as u32);
     let mut entries = Vec::new();
     let mut setup_ok = true;
     let mut n = 0u32;
@@ -194,12 +220,25 @@ pub fn run(db: &mut Doorbell, ncpus: u32, times: &mut CallTimes) {
             let activated = timed(&mut times.activate, || hypercall::activate(db, &act));
             match activated {
                 Ok(msg) => {
-                    if kind == StorageKind::MSIX {
-                        let e = bar + 16 * u64::from(slot);
-                        mmio_write(e, msg.address_lo.get());
-                        mmio_write(e + 4, msg.address_hi.get());
-                        mmio_write(e + 8, msg.data.get());
-                        mmio_write(e + 12, 0);
+                    // The message goes where the device reads it (MSI: the capability is not
+                    // modelled by the VMM yet).
+                    let words = [
+                        msg.address_lo.get(),
+                        msg.address_hi.get(),
+                        msg.data.get(),
+                        0,
+                    ];
+                    let device_entry = match kind {
+                        StorageKind::MSIX => Some(bar + 16 * u64::from(slot)),
+                        StorageKind::IMS_DEVICE => Some(bar + IMS_ARRAY + 16 * u64::from(slot)),
+                        _ => None,
+                    };
+                    if let Some(e) = device_entry {
+                        for (i, w) in words.iter().enumerate() {
+                            mmio_write(e + 4 * i as u64, *w);
+                        }
+                    } else if kind == StorageKind::IMS_SYSTEM {
+                        ims_system_write(slot, words);
                     }
                     say!(
                         "VECTOR kind={} slot={} vcpu={} vector={} msi={}:{}",

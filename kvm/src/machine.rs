@@ -18,10 +18,12 @@
 //!   MSI routes + `KVM_IRQFD`); a fired entry signals the irqfd of the GSI its physical IRQ was
 //!   started with, and KVM's in-kernel LAPIC injects the vector. An MSI-X interrupt first goes
 //!   through the platform's VT-d model ([`VtdTable`], the host's IRTE table) with the device's
-//!   requester id, from the message in the device's table. What this machine cannot have stays
-//!   modelled and is named so: the physical IRQs (VFIO), the remapping unit (a real IOMMU) and
-//!   the device's physical storage; MSI and IMS storage are not modelled in the device yet, so
-//!   their interrupts go from the host's physical IRQ to the irqfd without the VT-d step.
+//!   requester id, from the message in the device's table; so does an IMS interrupt, from the
+//!   device's IMS array ([`IMS_DEVICE_ARRAY`]) or its entries in guest RAM
+//!   ([`IMS_SYSTEM_BASE_REG`]). What this machine cannot have stays modelled and is named so: the
+//!   physical IRQs (VFIO), the remapping unit (a real IOMMU) and the device's physical storage;
+//!   the MSI capability is not modelled in the device yet, so MSI interrupts go from the host's
+//!   physical IRQ to the irqfd without the VT-d step.
 //! * vIR offered (the host's CPUID leaves added) or not (the legacy situation).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -72,6 +74,15 @@ pub const TEST_DEVICE_IDS: u32 = 0x0001_5649;
 /// Guest-physical address of the test device's BAR0: its MSI-X table (64 entries of 16 bytes),
 /// then its pending-bit array at offset 0x800.
 pub const MSIX_BAR: u64 = 0xC000_0000;
+/// The test device's IMS array in device memory: 16 entries of 16 bytes (address lo, address
+/// hi, data, control with bit 0 = mask) at this address in BAR0.
+pub const IMS_DEVICE_ARRAY: u64 = MSIX_BAR + 0x1000;
+/// IMS entries of either kind the test device reads.
+pub const IMS_ENTRIES: u32 = 16;
+/// The test device's register holding the guest-physical base of its IMS entries in system
+/// memory (64 bits: low half here, high half at +4); the entries have the layout of the device
+/// array and the device reads them from guest RAM when it raises one.
+pub const IMS_SYSTEM_BASE_REG: u64 = MSIX_BAR + 0x2000;
 /// MSI-X table entries of the test device.
 pub const MSIX_ENTRIES: u32 = 64;
 /// Config-space offset of the test device's MSI-X capability.
@@ -294,6 +305,9 @@ struct Shared {
     /// The MSI-X table as the guest writes it once it is no longer trapped (after NEGOTIATE
     /// the VMM maps it: writes go straight to the device's storage). Locked after `storage`.
     msix_mapped: Mutex<Vec<[u32; 4]>>,
+    /// The device-memory IMS array, and the base of the system-memory IMS entries (device
+    /// registers: not trapped by the host, vIR allocates their interrupts).
+    ims: Mutex<(Vec<[u32; 4]>, u64)>,
     vm_id: VmId,
     console: Mutex<Vec<u8>>,
     stop: AtomicBool,
@@ -578,6 +592,7 @@ pub fn run_image(elf: &Elf, config: &MachineConfig) -> Result<RunReport, VmmErro
         host: Mutex::new(host),
         storage: Mutex::new(MockDeviceStorage::new()),
         msix_mapped: Mutex::new(vec![[0, 0, 0, 1]; MSIX_ENTRIES as usize]),
+        ims: Mutex::new((vec![[0, 0, 0, 1]; IMS_ENTRIES as usize], 0)),
         vm_id,
         console: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
@@ -669,18 +684,34 @@ enum Fired {
 /// id into a host vector on a physical CPU; the physical IRQ on that vector signals the irqfd of
 /// its GSI, and KVM injects the route's vector into the route's vCPU.
 ///
-/// MSI and IMS: the device's storage for these kinds is not modelled in this VMM yet, so the
-/// physical IRQ the host started for the entry signals its irqfd directly (no VT-d step).
+/// IMS: the same, from the device's IMS array or from the entries in guest RAM at the base the
+/// guest gave the device.
+///
+/// MSI: the device's MSI capability is not modelled in this VMM yet, so the physical IRQ the
+/// host started for the entry signals its irqfd directly (no VT-d step).
 fn fire(shared: &Shared, value: u32) -> Fired {
     let kind = vir_abi::wire::StorageKind((value >> 24) as u8);
     let slot = value & 0x00FF_FFFF;
     let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
-    let gsi = if kind == vir_abi::wire::StorageKind::MSIX {
-        let (message, can_signal) = {
+    use vir_abi::wire::StorageKind;
+    let stored = match kind {
+        StorageKind::MSIX => {
             let storage = shared.storage.lock().unwrap_or_else(|p| p.into_inner());
             let dev = storage.device(TEST_DEVICE_RID);
-            (dev.msix_entry(slot).0, dev.msix_can_signal(slot))
-        };
+            Some((dev.msix_entry(slot).0, dev.msix_can_signal(slot)))
+        }
+        StorageKind::IMS_DEVICE | StorageKind::IMS_SYSTEM => {
+            let Some((message, masked)) =
+                ims_entry(shared, kind == StorageKind::IMS_SYSTEM, slot)
+            else {
+                return Fired::Unrouted;
+            };
+            Some((message, !masked))
+        }
+        _ => None,
+    };
+    let remapped = stored.is_some();
+    let gsi = if let Some((message, can_signal)) = stored {
         if !can_signal {
             return Fired::Blocked;
         }
@@ -710,9 +741,7 @@ fn fire(shared: &Shared, value: u32) -> Fired {
         .and_then(|g| host.routing().eventfd(g))
         .is_some_and(|fd| fd.write(1).is_ok());
     if signalled {
-        Fired::Delivered {
-            remapped: kind == vir_abi::wire::StorageKind::MSIX,
-        }
+        Fired::Delivered { remapped }
     } else {
         Fired::Unrouted
     }
@@ -784,8 +813,63 @@ fn msix_field(addr: u64) -> Option<(u32, MsixField)> {
     MsixField::from_offset((off % 16) as u32).map(|f| (index, f))
 }
 
+/// A device-register access outside the MSI-X table: the IMS array and the IMS base register.
+/// Returns `None` when `addr` is not one of them.
+fn ims_access(shared: &Shared, addr: u64, write: Option<u32>) -> Option<u32> {
+    let mut ims = shared.ims.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(off) = addr.checked_sub(IMS_DEVICE_ARRAY)
+        && off < u64::from(IMS_ENTRIES) * 16
+    {
+        let cell = &mut ims.0[(off / 16) as usize][((off % 16) / 4) as usize];
+        if let Some(v) = write {
+            *cell = v;
+        }
+        return Some(*cell);
+    }
+    if addr == IMS_SYSTEM_BASE_REG || addr == IMS_SYSTEM_BASE_REG + 4 {
+        let shift = if addr == IMS_SYSTEM_BASE_REG { 0 } else { 32 };
+        if let Some(v) = write {
+            ims.1 = (ims.1 & !(0xFFFF_FFFF << shift)) | (u64::from(v) << shift);
+        }
+        return Some((ims.1 >> shift) as u32);
+    }
+    None
+}
+
+/// The message and mask of IMS entry `slot` as the device reads it: from its array, or from
+/// guest RAM at the system-memory base.
+fn ims_entry(shared: &Shared, system: bool, slot: u32) -> Option<(MsiMessage, bool)> {
+    if slot >= IMS_ENTRIES {
+        return None;
+    }
+    let ims = shared.ims.lock().unwrap_or_else(|p| p.into_inner());
+    let e = if system {
+        let mut e = [0u32; 4];
+        for (i, w) in e.iter_mut().enumerate() {
+            *w = shared
+                .mem
+                .read_obj(GuestAddress(ims.1 + u64::from(slot) * 16 + 4 * i as u64))
+                .ok()?;
+        }
+        e
+    } else {
+        ims.0[slot as usize]
+    };
+    Some((
+        MsiMessage {
+            address_lo: e[0],
+            address_hi: e[1],
+            data: e[2],
+        },
+        e[3] & 1 != 0,
+    ))
+}
+
 /// A trapped read of the MSI-X table (the pending-bit array reads as zero).
 fn msix_read(shared: &Shared, addr: u64) -> u32 {
+    if let Some(v) = ims_access(shared, addr, None) {
+        return v;
+    }
     let Some((index, field)) = msix_field(addr) else {
         return 0;
     };
@@ -816,6 +900,9 @@ fn field_slot(field: MsixField) -> usize {
 
 /// A trapped write of the MSI-X table, handed to the host's legacy code.
 fn msix_write(shared: &Shared, addr: u64, value: u32) {
+    if ims_access(shared, addr, Some(value)).is_some() {
+        return;
+    }
     let Some((index, field)) = msix_field(addr) else {
         return;
     };
