@@ -701,8 +701,7 @@ fn fire(shared: &Shared, value: u32) -> Fired {
             Some((dev.msix_entry(slot).0, dev.msix_can_signal(slot)))
         }
         StorageKind::IMS_DEVICE | StorageKind::IMS_SYSTEM => {
-            let Some((message, masked)) =
-                ims_entry(shared, kind == StorageKind::IMS_SYSTEM, slot)
+            let Some((message, masked)) = ims_entry(shared, kind == StorageKind::IMS_SYSTEM, slot)
             else {
                 return Fired::Unrouted;
             };
