@@ -168,6 +168,39 @@ fn find_msix() -> Option<(crate::pci::Bdf, u8, u32, u64)> {
     Some((bdf, cap, head, bar))
 }
 
+/// The config-space offset of the device's MSI capability (walking the capability list).
+fn msi_cap(bdf: crate::pci::Bdf) -> Option<u8> {
+    let mut at = (bdf.read(0x34) & 0xFC) as u8;
+    for _ in 0..48 {
+        if at == 0 {
+            return None;
+        }
+        let head = bdf.read(at);
+        if head & 0xFF == 0x05 {
+            return Some(at);
+        }
+        at = ((head >> 8) & 0xFC) as u8;
+    }
+    None
+}
+
+/// Programs the MSI capability with `words` (address lo, address hi, data) and enables it with
+/// one vector, vector 0 unmasked.
+fn program_msi(bdf: crate::pci::Bdf, words: [u32; 4]) {
+    let Some(cap) = msi_cap(bdf) else {
+        check("msi-capability", false, format_args!("no MSI capability"));
+        return;
+    };
+    bdf.write(cap + 4, words[0]);
+    bdf.write(cap + 8, words[1]);
+    bdf.write(cap + 0xC, words[2] & 0xFFFF);
+    bdf.write(cap + 0x10, 0);
+    let head = bdf.read(cap);
+    // MSI Enable, Multiple Message Enable 0 (one vector).
+    let control = ((head >> 16) & !0x70) | 1;
+    bdf.write(cap, (head & 0xFFFF) | (control << 16));
+}
+
 /// Runs the workload over the doorbell `db` on `ncpus` vCPUs (x2APIC id = index).
 ///
 /// MSI-X entries get the message ACTIVATE returned written into the device's table (mapped,
@@ -220,8 +253,7 @@ pub fn run(db: &mut Doorbell, ncpus: u32, times: &mut CallTimes) {
             let activated = timed(&mut times.activate, || hypercall::activate(db, &act));
             match activated {
                 Ok(msg) => {
-                    // The message goes where the device reads it (MSI: the capability is not
-                    // modelled by the VMM yet).
+                    // The message goes where the device reads it.
                     let words = [
                         msg.address_lo.get(),
                         msg.address_hi.get(),
@@ -239,6 +271,8 @@ pub fn run(db: &mut Doorbell, ncpus: u32, times: &mut CallTimes) {
                         }
                     } else if kind == StorageKind::IMS_SYSTEM {
                         ims_system_write(slot, words);
+                    } else if kind == StorageKind::MSI {
+                        program_msi(bdf, words);
                     }
                     say!(
                         "VECTOR kind={} slot={} vcpu={} vector={} msi={}:{}",

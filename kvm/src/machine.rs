@@ -20,10 +20,10 @@
 //!   through the platform's VT-d model ([`VtdTable`], the host's IRTE table) with the device's
 //!   requester id, from the message in the device's table; so does an IMS interrupt, from the
 //!   device's IMS array ([`IMS_DEVICE_ARRAY`]) or its entries in guest RAM
-//!   ([`IMS_SYSTEM_BASE_REG`]). What this machine cannot have stays modelled and is named so: the
-//!   physical IRQs (VFIO), the remapping unit (a real IOMMU) and the device's physical storage;
-//!   the MSI capability is not modelled in the device yet, so MSI interrupts go from the host's
-//!   physical IRQ to the irqfd without the VT-d step.
+//!   ([`IMS_SYSTEM_BASE_REG`]), and an MSI from its MSI capability (trapped in every state and
+//!   emulated by the host's code). What this machine cannot have stays modelled and is named
+//!   so: the physical IRQs (VFIO), the remapping unit (a real IOMMU) and the device's physical
+//!   storage.
 //! * vIR offered (the host's CPUID leaves added) or not (the legacy situation).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,6 +87,8 @@ pub const IMS_SYSTEM_BASE_REG: u64 = MSIX_BAR + 0x2000;
 pub const MSIX_ENTRIES: u32 = 64;
 /// Config-space offset of the test device's MSI-X capability.
 const MSIX_CAP: u32 = 0x40;
+/// Config-space offset of the test device's MSI capability (64-bit, per-vector masking).
+const MSI_CAP: u32 = 0x50;
 /// Most vCPUs a machine may have (the image's limit).
 pub const MAX_VCPUS: u32 = 16;
 
@@ -685,16 +687,19 @@ enum Fired {
 /// its GSI, and KVM injects the route's vector into the route's vCPU.
 ///
 /// IMS: the same, from the device's IMS array or from the entries in guest RAM at the base the
-/// guest gave the device.
-///
-/// MSI: the device's MSI capability is not modelled in this VMM yet, so the physical IRQ the
-/// host started for the entry signals its irqfd directly (no VT-d step).
+/// guest gave the device. MSI (vector 0 of the block): from the device's MSI capability, as the
+/// host's trap code let the guest program it.
 fn fire(shared: &Shared, value: u32) -> Fired {
     let kind = vir_abi::wire::StorageKind((value >> 24) as u8);
     let slot = value & 0x00FF_FFFF;
     let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
     use vir_abi::wire::StorageKind;
     let stored = match kind {
+        StorageKind::MSI if slot == 0 => {
+            let storage = shared.storage.lock().unwrap_or_else(|p| p.into_inner());
+            let dev = storage.device(TEST_DEVICE_RID);
+            Some((dev.msi_message, dev.msi_enabled && dev.msi_mask & 1 == 0))
+        }
         StorageKind::MSIX => {
             let storage = shared.storage.lock().unwrap_or_else(|p| p.into_inner());
             let dev = storage.device(TEST_DEVICE_RID);
@@ -776,7 +781,25 @@ fn config_read(shared: &Shared, address: u32) -> u32 {
                     TrapRead::MsixControl,
                 )
                 .unwrap_or(0);
-            (control << 16) | 0x11
+            (control << 16) | (MSI_CAP << 8) | 0x11
+        }
+        MSI_CAP..=0x60 => {
+            let read = match reg - MSI_CAP {
+                0 => TrapRead::MsiControl,
+                4 => TrapRead::MsiAddressLo,
+                8 => TrapRead::MsiAddressHi,
+                0xC => TrapRead::MsiData,
+                _ => TrapRead::MsiMaskBits,
+            };
+            let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
+            let value = host
+                .trap_read(shared.vm_id, u32::from(TEST_DEVICE_RID), read)
+                .unwrap_or(0);
+            if reg == MSI_CAP {
+                (value << 16) | 0x05
+            } else {
+                value
+            }
         }
         0x44 => 0,
         0x48 => 0x800,
@@ -787,16 +810,23 @@ fn config_read(shared: &Shared, address: u32) -> u32 {
 /// A configuration write: Message Control of the MSI-X capability goes to the host's legacy
 /// code (trapped in every state); everything else is read-only.
 fn config_write(shared: &Shared, address: u32, value: u32) {
-    if test_device_register(address) != Some(MSIX_CAP) {
-        return;
-    }
+    use vir_host::MsiRegister;
+    let write = match test_device_register(address) {
+        Some(MSIX_CAP) => TrapWrite::MsixControl((value >> 16) as u16),
+        Some(MSI_CAP) => TrapWrite::Msi(MsiRegister::Control((value >> 16) as u16)),
+        Some(r) if r == MSI_CAP + 4 => TrapWrite::Msi(MsiRegister::AddressLo(value)),
+        Some(r) if r == MSI_CAP + 8 => TrapWrite::Msi(MsiRegister::AddressHi(value)),
+        Some(r) if r == MSI_CAP + 0xC => TrapWrite::Msi(MsiRegister::Data(value as u16)),
+        Some(r) if r == MSI_CAP + 0x10 => TrapWrite::Msi(MsiRegister::MaskBits(value)),
+        _ => return,
+    };
     let mut host = shared.host.lock().unwrap_or_else(|p| p.into_inner());
     let mut storage = shared.storage.lock().unwrap_or_else(|p| p.into_inner());
     // A refused or failing write has no status on real hardware: the register keeps its value.
     let _ = host.trap_write(
         shared.vm_id,
         u32::from(TEST_DEVICE_RID),
-        TrapWrite::MsixControl((value >> 16) as u16),
+        write,
         &shared.mem,
         &mut *storage,
     );
