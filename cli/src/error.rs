@@ -226,6 +226,16 @@ pub enum CliError {
         /// How many of them were expected to fail and passed.
         unexpected_passes: usize,
     },
+    /// `kvm` could not boot the image (no usable KVM, the image could not be built or loaded,
+    /// the VMM failed); why.
+    Kvm(String),
+    /// `kvm` ran the image, and it did not pass.
+    KvmFailed {
+        /// How the run ended.
+        end: String,
+        /// The checks that failed.
+        failed: Vec<String>,
+    },
 }
 
 impl CliError {
@@ -247,7 +257,9 @@ impl CliError {
             | Self::CompareFailed { .. }
             | Self::Debugfs(_)
             | Self::DebugfsEntries { .. }
-            | Self::ConformanceFailed { .. } => EXIT_DATA,
+            | Self::ConformanceFailed { .. }
+            | Self::Kvm(_)
+            | Self::KvmFailed { .. } => EXIT_DATA,
             Self::Conformance(e) => match e {
                 vir_conform::RunError::NothingSelected(_)
                 | vir_conform::RunError::UnknownRequirement(_) => EXIT_USAGE,
@@ -301,6 +313,14 @@ impl fmt::Display for CliError {
                     write!(f, " ({unexpected_passes} expected to fail but passed)")?;
                 }
                 f.write_str(" (see the report)")
+            }
+            Self::Kvm(why) => write!(f, "kvm: {why}"),
+            Self::KvmFailed { end, failed } => {
+                write!(f, "kvm: the image did not pass ({end})")?;
+                if !failed.is_empty() {
+                    write!(f, "; failed checks: {}", failed.join(", "))?;
+                }
+                Ok(())
             }
         }
     }

@@ -4,10 +4,10 @@
 //! structure) and the hardware formats behind the messages a vIR host returns (x86 MSI in
 //! compatibility format, VT-d remappable MSI, AMD-Vi MSI, VT-d and AMD-Vi IRTEs, the
 //! posted-interrupt descriptor), prints the C header generated from the ABI, and runs the
-//! end-to-end simulation of the reference guest against the reference host (`simulate`) and the
-//! host conformance suite (`conform`).
+//! end-to-end simulation of the reference guest against the reference host (`simulate`), the
+//! host conformance suite (`conform`) and the guest image on real KVM (`kvm`).
 //!
-//! One module per subcommand (`decode`, `encode`, `header`, `simulate`, `conform`); the shared machinery is in
+//! One module per subcommand (`decode`, `encode`, `header`, `simulate`, `conform`, `kvm`); the shared machinery is in
 //! [`types`] (the type registry), [`input`] (the data operand), [`value`] (`field=value`
 //! arguments), [`report`] (human and JSON output), [`wire`] (vIR wire structures) and [`hw`]
 //! (hardware formats). Every failure is an [`error::CliError`], printed as one line
@@ -23,6 +23,7 @@ mod error;
 mod header;
 mod hw;
 mod input;
+mod kvm;
 mod report;
 mod simulate;
 mod types;
@@ -69,6 +70,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Run the host conformance suite against the reference host (or a broken one) and report per requirement
     Conform(conform::ConformArgs),
+    /// Boot the vIR guest image on real KVM (/dev/kvm) and report its checks and figures
+    Kvm(kvm::KvmArgs),
 }
 
 /// Builds the clap command with the run-time parts of the help (the list of types).
@@ -96,6 +99,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Header(args) => header::run(&args, out),
         Command::Simulate(args) => simulate::run(&args, out),
         Command::Conform(args) => conform::run(&args, out),
+        Command::Kvm(args) => kvm::run(&args, out),
     }
 }
 

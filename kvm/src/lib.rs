@@ -11,13 +11,22 @@
 //! answered by the host, and doorbell port writes served by [`vir_host::Host::pio_write`]. The
 //! physical side (IRTE table, routing, physical IRQs) is the reference host's in-memory model.
 //!
+//! [`machine`] grows it into a multi-vCPU VMM that boots the vIR guest image ([`image`],
+//! `guest-image/` in the source tree) in long mode with an in-kernel irqchip, serves the
+//! doorbell and a test device, and delivers the device's interrupts through real KVM routes and
+//! irqfds ([`routing`]), in the vIR and in the legacy situation.
+//!
 //! Everything that needs `/dev/kvm` first calls [`kvm_available`], which says clearly why KVM
 //! cannot be used; the tests skip with that reason printed.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod host_io;
+pub mod image;
+pub mod iommu;
+pub mod machine;
 pub mod program;
+pub mod routing;
 mod vmm;
 
 pub use host_io::{IoLog, IoWrite};

@@ -101,6 +101,8 @@ pub enum VmmError {
     VcpuThreadPanicked,
     /// The host configuration offers no doorbell: a KVM guest could not reach the host.
     NoDoorbell,
+    /// The machine configuration is invalid; what is wrong.
+    BadConfig(&'static str),
 }
 
 impl fmt::Display for VmmError {
@@ -120,6 +122,7 @@ impl fmt::Display for VmmError {
             Self::Deadline(d) => write!(f, "guest did not halt within {d:?}"),
             Self::VcpuThreadPanicked => f.write_str("vCPU thread panicked"),
             Self::NoDoorbell => f.write_str("the host offers no doorbell binding"),
+            Self::BadConfig(what) => write!(f, "bad machine configuration: {what}"),
         }
     }
 }

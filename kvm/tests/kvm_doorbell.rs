@@ -1,7 +1,8 @@
 //! vIR on real KVM: discovery through CPUID and calls through the port-I/O doorbell, served by
 //! the reference host; and the reason the doorbell exists — KVM does not forward VMCALL.
 //!
-//! Every test skips, printing why, when `/dev/kvm` cannot be used.
+//! Every test skips, printing why, when `/dev/kvm` cannot be used (and fails instead under
+//! `REQUIRE_KVM=1`, as `.ci/run` sets where `/dev/kvm` exists).
 
 use vir_abi::call::CallCode;
 use vir_abi::discovery::{InfoLeaf, signature_regs};
@@ -57,6 +58,10 @@ fn vm_config() -> VmConfig {
 
 fn vmm() -> Option<KvmVmm> {
     if let Err(why) = kvm_available() {
+        assert!(
+            std::env::var_os("REQUIRE_KVM").is_none_or(|v| v != "1"),
+            "REQUIRE_KVM=1 but KVM cannot be used: {why}"
+        );
         println!("skipped: {why}");
         return None;
     }
