@@ -9,7 +9,7 @@
 //!
 //! The traits are object safe and implemented for `Box<T>` and `&mut T`, so a VMM can plug in
 //! real KVM/VFIO/IOMMU code, a simulation can plug in its models, and tests use the in-memory
-//! implementations of [`crate::testing`].
+//! implementations of `crate::testing` (feature `test-utils`).
 //!
 //! # Contract shared by the traits
 //!
@@ -92,7 +92,7 @@ pub struct HostIrq {
 }
 
 /// A backend operation that can fail (used in errors and by the failure injection of
-/// [`crate::testing`]).
+/// `crate::testing` (feature `test-utils`)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BackendOp {
     /// [`VirtualRouting::add_route`].

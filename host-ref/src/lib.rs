@@ -30,7 +30,9 @@
 //!   [`Host::snapshot`] captures the state to prove it.
 //! * **Observability** — [`Counters`] of calls, statuses and binding events.
 //!
-//! [`testing`] holds in-memory backends with failure injection and guest-side helpers.
+//! `testing` (behind the `test-utils` feature, off by default) holds in-memory backends with
+//! failure injection and guest-side helpers for tests and conformance suites; the product crate
+//! builds without it.
 //!
 //! ## Example
 //!
@@ -77,6 +79,7 @@ pub mod legacy;
 mod memory;
 pub mod snapshot;
 pub mod table;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod vm;
 
