@@ -13,13 +13,13 @@ use vir_abi::wire::activate_flags;
 use vir_host::{RouteTarget, VirtualRouting};
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::reference::{ReferenceConfig, ReferenceHost};
 use vir_conform::checks::{request_desc, reserved_ranges};
 use vir_conform::hut::{
     Buffer, CapRegister, DeviceInterrupts, Fault, Fixture, HarnessError, HostFactory,
     HostUnderTest, HypercallInsn, IoWidth, IrteView, MSI_ENABLE, MemAccess, PhysEvent, Regs, Scope,
     SetupError, Snapshot, VmRef,
 };
-use crate::reference::{ReferenceConfig, ReferenceHost};
 
 /// One broken behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

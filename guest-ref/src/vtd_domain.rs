@@ -1,5 +1,6 @@
 //! Remapping domains that program VT-d interrupt remapping table entries themselves, like
-//! Linux's `intel_irq_remapping` domain: situations 1 and 2 of design brief B1.
+//! Linux's `intel_irq_remapping` domain: bare metal and a VM without vIR
+//! (situations 1 and 2 of `spec/vir-v1.md` §2.2).
 //!
 //! * [`BareMetalVtdDomain`] (situation 1): the kernel owns a real remapping unit
 //!   ([`RemappingHardware`]): it writes IRTEs into the unit's table and invalidates the interrupt

@@ -1367,10 +1367,26 @@ mod tests {
     fn vir_sta_h_002_status_allowed_follows_the_abi_table_without_busy() {
         let unknown = CallCode(0x20);
         assert!(status_allowed(unknown, Via::Memory, Status::UNKNOWN_CALL));
-        assert!(!status_allowed(unknown, Via::Memory, Status::INVALID_PARAMETER));
-        assert!(status_allowed(unknown, Via::Doorbell, Status::INVALID_PARAMETER));
-        assert!(!status_allowed(CallCode::QUERY, Via::Memory, Status::NOT_NEGOTIATED));
-        assert!(status_allowed(CallCode::FREE, Via::Register, Status::INVALID_HANDLE));
+        assert!(!status_allowed(
+            unknown,
+            Via::Memory,
+            Status::INVALID_PARAMETER
+        ));
+        assert!(status_allowed(
+            unknown,
+            Via::Doorbell,
+            Status::INVALID_PARAMETER
+        ));
+        assert!(!status_allowed(
+            CallCode::QUERY,
+            Via::Memory,
+            Status::NOT_NEGOTIATED
+        ));
+        assert!(status_allowed(
+            CallCode::FREE,
+            Via::Register,
+            Status::INVALID_HANDLE
+        ));
         // Allowed by the specification, but the reference host never meets a transient condition.
         assert!(CallCode::FREE.may_return(Status::BUSY, Binding::Register));
         assert!(!status_allowed(CallCode::FREE, Via::Memory, Status::BUSY));

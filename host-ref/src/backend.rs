@@ -1,4 +1,5 @@
-//! The physical side of the host, behind three small traits (design brief B14).
+//! The physical side of the host, behind three small traits (the ACTIVATE flow of
+//! `spec/vir-v1.md` §5.3).
 //!
 //! Before a host can answer `ACTIVATE` it must (a) set up the *virtual routing* of the
 //! interrupt — a GSI routed to the target vCPU and vector, with an irqfd bound to it (KVM's

@@ -17,7 +17,7 @@
 //!   [`Vm::msi_message_issued`]).
 //! * **Physical side** — the three traits of [`backend`]: the shared remapping table
 //!   ([`IrteTable`]), KVM-like routing ([`VirtualRouting`]) and VFIO-like IRQs
-//!   ([`PhysicalIrqs`]). `ACTIVATE` follows the flow of design brief B14: route, then physical
+//!   ([`PhysicalIrqs`]). `ACTIVATE` follows the flow of the specification's §5.3: route, then physical
 //!   IRQ, then the IRTE — in posted mode the entry exists only once both succeeded — and any
 //!   failure unwinds what came before.
 //! * **Legacy scheme** — [`legacy`]: trap-and-emulate of the MSI capability and the MSI-X

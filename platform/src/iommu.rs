@@ -1,7 +1,7 @@
 //! An Intel VT-d interrupt-remapping unit.
 //!
 //! The unit holds an interrupt remapping table of up to 65536 128-bit IRTEs, stored raw in the
-//! layout of `hardware-formats.md` and decoded with [`vir_abi::hw::vtd`] on every use. Its state:
+//! layout of `spec/vir-v1.md` §8.3 and §8.4 and decoded with [`vir_abi::hw::vtd`] on every use. Its state:
 //!
 //! * **IRTA** ([`Irta`]): the table has 2^(S+1) entries; EIME selects the x2APIC destination
 //!   format (full 32-bit DST) over xAPIC (APIC id in DST bits 15:8).
@@ -20,7 +20,8 @@
 //! # Check order
 //!
 //! [`RemappingUnit::remap`] checks an interrupt write (requester id, address, data) in VT-d's
-//! order, as `hardware-formats.md` lists it, with these [`VtdFaultReason`]s:
+//! order (Intel VT-d specification, chapter 5; IRTE fields in `spec/vir-v1.md` §8.3), with these
+//! [`VtdFaultReason`]s:
 //!
 //! 1. high address ≠ 0 or address 31:20 ≠ `0xFEE` → 0x20;
 //! 2. format bit 4 = 0 (compatibility format): with CFI clear → 0x25, with CFI set → passed

@@ -1,4 +1,4 @@
-//! The emulated VT-d interrupt-remapping unit of a VM (situation 2 of design brief B1: a vIOMMU
+//! The emulated VT-d interrupt-remapping unit of a VM (situation 2 of `spec/vir-v1.md` §2.2 and §9: a vIOMMU
 //! that emulates interrupt remapping but offers no vIR call).
 //!
 //! The guest keeps its interrupt remapping table in its own memory, in the VT-d format, and
