@@ -38,9 +38,9 @@
 //!
 //! ```no_run
 //! # use vir_conform::*;
-//! # fn my_factory() -> impl HostFactory { unimplemented!() }
-//! let mut factory = my_factory(); // impl HostFactory
-//! let report = run(&mut factory, &RunOptions::default())?;
+//! # fn my_factory() -> Box<dyn HostFactory> { unimplemented!() }
+//! let mut factory = my_factory(); // your HostFactory
+//! let report = run(factory.as_mut(), &RunOptions::default())?;
 //! print!("{}", report::text(&report));
 //! std::fs::write("conformance.xml", report::junit(&report))?;
 //! assert!(!report.failed());

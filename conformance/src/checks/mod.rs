@@ -6,10 +6,10 @@ pub mod bindings;
 pub mod common;
 pub mod discovery;
 pub mod formats;
+pub mod lifecycle;
 pub mod memory;
 pub mod negotiate;
 pub mod security;
-pub mod vectors;
 
 use vir_abi::call::CallCode;
 use vir_abi::discovery::{
