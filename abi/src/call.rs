@@ -8,7 +8,7 @@
 //!
 //! * **Register binding** (x86 `VMCALL` on Intel, `VMMCALL` on AMD): `RAX` = [`HYPERCALL_BASE`] |
 //!   call code, `RBX` = request GPA, `RCX` = request length, `RDX` = response GPA, `RSI` = response
-//!   length. On return `RAX` holds the [`Status`](crate::status::Status), zero-extended; all other
+//!   length. On return `RAX` holds the [`Status`], zero-extended; all other
 //!   registers are preserved.
 //! * **Memory binding**: the rules the request and response buffers obey in every binding —
 //!   [`BUFFER_ALIGN`]-byte aligned, not crossing a [`PAGE_SIZE`] boundary, not overlapping, read by
