@@ -8,7 +8,7 @@
 //!
 //! * **Register binding** (x86 `VMCALL` on Intel, `VMMCALL` on AMD): `RAX` = [`HYPERCALL_BASE`] |
 //!   call code, `RBX` = request GPA, `RCX` = request length, `RDX` = response GPA, `RSI` = response
-//!   length. On return `RAX` holds the [`Status`](crate::status::Status), zero-extended; all other
+//!   length. On return `RAX` holds the [`Status`], zero-extended; all other
 //!   registers are preserved.
 //! * **Memory binding**: the rules the request and response buffers obey in every binding —
 //!   [`BUFFER_ALIGN`]-byte aligned, not crossing a [`PAGE_SIZE`] boundary, not overlapping, read by
@@ -20,6 +20,8 @@
 //!   completed and its status is in the block.
 
 use core::fmt;
+
+use crate::status::Status;
 
 /// A vIR call code (open newtype: any 16-bit value is representable).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,6 +95,100 @@ impl CallCode {
     pub const fn allowed_in_legacy(self) -> bool {
         matches!(self, Self::QUERY | Self::NEGOTIATE)
     }
+
+    /// The failure statuses the specification lists for this call (§4.3 to §5.7, "Statuses, in
+    /// validation order"), in that order, without SUCCESS and BUSY; `[UNKNOWN_CALL]` for a code
+    /// version 1 does not define (VIR-CALL-H-002). The one table of allowed statuses: hosts'
+    /// harnesses and the conformance suite check VIR-STA-H-002 against it through
+    /// [`CallCode::may_return`].
+    pub const fn listed_statuses(self) -> &'static [Status] {
+        use Status as S;
+        match self {
+            Self::QUERY => &[S::BAD_LENGTH, S::BAD_BUFFER],
+            Self::NEGOTIATE => &[
+                S::BAD_LENGTH,
+                S::BAD_BUFFER,
+                S::INVALID_PARAMETER,
+                S::ALREADY_NEGOTIATED,
+                S::UNSUPPORTED_VERSION,
+                S::UNSUPPORTED_FEATURE,
+                S::INVALID_STATE,
+            ],
+            Self::RESET => &[S::BAD_LENGTH, S::BAD_BUFFER, S::NOT_NEGOTIATED],
+            Self::ALLOCATE => &[
+                S::BAD_LENGTH,
+                S::BAD_BUFFER,
+                S::NOT_NEGOTIATED,
+                S::INVALID_PARAMETER,
+                S::FEATURE_NOT_NEGOTIATED,
+                S::NOT_YOUR_DEVICE,
+                S::STORAGE_NOT_PRESENT,
+                S::INVALID_INDEX,
+                S::INDEX_IN_USE,
+                S::QUOTA_EXCEEDED,
+                S::TABLE_FULL,
+            ],
+            Self::ACTIVATE => &[
+                S::BAD_LENGTH,
+                S::BAD_BUFFER,
+                S::NOT_NEGOTIATED,
+                S::INVALID_PARAMETER,
+                S::INVALID_HANDLE,
+                S::INVALID_SUBHANDLE,
+                S::FEATURE_NOT_NEGOTIATED,
+                S::INVALID_STATE,
+                S::INVALID_TARGET,
+                S::VECTORS_EXHAUSTED,
+                S::BACKEND_FAILURE,
+            ],
+            Self::SET_AFFINITY => &[
+                S::BAD_LENGTH,
+                S::BAD_BUFFER,
+                S::NOT_NEGOTIATED,
+                S::INVALID_PARAMETER,
+                S::INVALID_HANDLE,
+                S::INVALID_SUBHANDLE,
+                S::INVALID_STATE,
+                S::INVALID_TARGET,
+                S::VECTORS_EXHAUSTED,
+                S::BACKEND_FAILURE,
+            ],
+            Self::DEACTIVATE => &[
+                S::BAD_LENGTH,
+                S::BAD_BUFFER,
+                S::NOT_NEGOTIATED,
+                S::INVALID_PARAMETER,
+                S::INVALID_HANDLE,
+                S::INVALID_SUBHANDLE,
+                S::INVALID_STATE,
+            ],
+            Self::FREE => &[
+                S::BAD_LENGTH,
+                S::BAD_BUFFER,
+                S::NOT_NEGOTIATED,
+                S::INVALID_PARAMETER,
+                S::INVALID_HANDLE,
+            ],
+            Self::QUERY_QUOTA => &[
+                S::BAD_LENGTH,
+                S::BAD_BUFFER,
+                S::NOT_NEGOTIATED,
+                S::FEATURE_NOT_NEGOTIATED,
+            ],
+            _ => &[S::UNKNOWN_CALL],
+        }
+    }
+
+    /// Whether a host may return `status` for this call carried by `binding` (VIR-STA-H-002):
+    /// for a version 1 call SUCCESS, BUSY (VIR-CALL-H-010) and the [listed
+    /// statuses](CallCode::listed_statuses); for any other code UNKNOWN_CALL only; through the
+    /// doorbell also INVALID_PARAMETER, which VIR-DB-H-005 returns before any other check when
+    /// bits 31:16 of the block's `call` field are set.
+    pub fn may_return(self, status: Status, binding: Binding) -> bool {
+        (self.is_v1() && (status == Status::SUCCESS || status == Status::BUSY))
+            || self.listed_statuses().contains(&status)
+            || (binding == Binding::Doorbell && status == Status::INVALID_PARAMETER)
+    }
 }
 
 impl fmt::Debug for CallCode {
@@ -111,6 +207,17 @@ impl fmt::Display for CallCode {
             None => write!(f, "{:#06x}", self.0),
         }
     }
+}
+
+/// The binding that carried a call, as far as the statuses it may return depend on it
+/// ([`CallCode::may_return`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// The register binding (`VMCALL`/`VMMCALL`), or a host's direct entry point taking the
+    /// buffers of the memory binding.
+    Register,
+    /// The port-I/O doorbell binding (its block adds the VIR-DB-H-005 check).
+    Doorbell,
 }
 
 /// Register binding: `RAX` value is `HYPERCALL_BASE | code`. The base keeps vIR calls out of the
@@ -150,6 +257,47 @@ pub const DOORBELL_PORT_COUNT: u16 = 8;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vir_sta_h_002_allowed_statuses_per_call() {
+        use Status as S;
+        for &c in CallCode::V1 {
+            for b in [Binding::Register, Binding::Doorbell] {
+                assert!(c.may_return(S::SUCCESS, b), "{c}");
+                assert!(c.may_return(S::BUSY, b), "{c}");
+                assert!(c.may_return(S::BAD_LENGTH, b), "{c}");
+                assert!(!c.may_return(S::UNKNOWN_CALL, b), "{c}");
+            }
+        }
+        assert!(!CallCode::QUERY.may_return(S::NOT_NEGOTIATED, Binding::Register));
+        assert!(!CallCode::QUERY.may_return(S::INVALID_PARAMETER, Binding::Register));
+        assert!(CallCode::QUERY.may_return(S::INVALID_PARAMETER, Binding::Doorbell));
+        assert!(CallCode::FREE.may_return(S::INVALID_HANDLE, Binding::Register));
+        assert!(!CallCode::FREE.may_return(S::INVALID_STATE, Binding::Register));
+        assert!(CallCode::QUERY_QUOTA.may_return(S::FEATURE_NOT_NEGOTIATED, Binding::Register));
+        let unknown = CallCode(0x20);
+        assert_eq!(unknown.listed_statuses(), &[S::UNKNOWN_CALL]);
+        assert!(unknown.may_return(S::UNKNOWN_CALL, Binding::Register));
+        assert!(!unknown.may_return(S::SUCCESS, Binding::Register));
+        assert!(!unknown.may_return(S::BUSY, Binding::Register));
+        assert!(!unknown.may_return(S::INVALID_PARAMETER, Binding::Register));
+        assert!(unknown.may_return(S::INVALID_PARAMETER, Binding::Doorbell));
+    }
+
+    /// The table names only statuses the ABI defines, each once, and neither SUCCESS nor BUSY
+    /// (those [`CallCode::may_return`] adds itself).
+    #[test]
+    fn listed_statuses_are_known_and_distinct() {
+        for &c in CallCode::V1 {
+            let l = c.listed_statuses();
+            for (i, s) in l.iter().enumerate() {
+                assert!(s.is_known(), "{c}: {s}");
+                assert!(!l[..i].contains(s), "{c}: {s} twice");
+                assert_ne!(*s, Status::SUCCESS);
+                assert_ne!(*s, Status::BUSY);
+            }
+        }
+    }
 
     #[test]
     fn rax_round_trip() {

@@ -16,6 +16,8 @@
 //! * [`hw`]: the hardware formats behind the messages: x86 MSI compatibility format, VT-d
 //!   remappable MSI, VT-d IRTEs (remapped and posted), the posted-interrupt descriptor, AMD-Vi
 //!   IRTEs and MSI data.
+//! * [`vtd_remap`]: the VT-d interrupt-remapping decision (check order and fault reasons), shared
+//!   by the platform's simulated unit and the host's emulated vIOMMU.
 //!
 //! Decoding never panics: reserved bits, out-of-range values and wrong lengths are typed errors.
 #![no_std]
@@ -31,6 +33,7 @@ pub mod feature;
 pub mod hw;
 pub mod layout;
 pub mod status;
+pub mod vtd_remap;
 pub mod wire;
 
 /// The vIR interface version this crate describes.

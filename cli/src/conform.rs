@@ -14,8 +14,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use vir_conform::mutants::{Breakage, MutantFactory};
-use vir_conform::{HostFactory, ReferenceConfig, ReferenceFactory, RunOptions, registry, report};
+use vir_conform::{HostFactory, RunOptions, registry, report};
+use vir_conform_ref::mutants::{Breakage, MutantFactory};
+use vir_conform_ref::{ReferenceConfig, ReferenceFactory};
 use vir_host::IrMode;
 
 use crate::error::{CliError, UsageError};

@@ -38,27 +38,27 @@
 //!
 //! ```no_run
 //! # use vir_conform::*;
-//! # fn my_factory() -> ReferenceFactory { ReferenceFactory::default() }
-//! let mut factory = my_factory(); // impl HostFactory
-//! let report = run(&mut factory, &RunOptions::default())?;
+//! # fn my_factory() -> Box<dyn HostFactory> { unimplemented!() }
+//! let mut factory = my_factory(); // your HostFactory
+//! let report = run(factory.as_mut(), &RunOptions::default())?;
 //! print!("{}", report::text(&report));
 //! std::fs::write("conformance.xml", report::junit(&report))?;
 //! assert!(!report.failed());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The reference host ([`ReferenceHost`], `vir-host` over its in-memory backends) is the first
-//! implementation and offers every hook; `vir conform` runs the suite against it. The deliberately
-//! broken hosts of [`mutants`] show that the suite catches departures.
+//! The suite does not depend on any host implementation. The reference host (`ReferenceHost`,
+//! `vir-host` over its in-memory backends) lives in its own crate, `vir-conform-ref`
+//! (`conformance-ref/`): it is the first implementation and offers every hook; `vir conform`
+//! runs the suite against it. The deliberately broken hosts of that crate's `mutants` module
+//! show that the suite catches departures.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod checks;
 pub mod ctx;
 pub mod hut;
-pub mod mutants;
 pub mod outcome;
-pub mod reference;
 pub mod registry;
 pub mod report;
 pub mod runner;
@@ -69,7 +69,6 @@ pub use hut::{
     PhysEvent, Regs, Scope, SetupError, Snapshot, SourceId, Variant, VcpuFixture, VmFixture, VmRef,
 };
 pub use outcome::{Expected, Failure, Outcome};
-pub use reference::{ReferenceConfig, ReferenceFactory, ReferenceHost};
 pub use registry::{Check, HostKind, UNCHECKED};
 pub use runner::{
     CheckRun, Report, RequirementResult, RunError, RunOptions, Summary, Verdict, run, run_check,

@@ -96,7 +96,7 @@ pub fn all() -> Vec<&'static Check> {
         negotiate::CHECKS,
         allocate::CHECKS,
         activate::CHECKS,
-        vectors::CHECKS,
+        lifecycle::CHECKS,
         formats::CHECKS,
         security::CHECKS,
     ]

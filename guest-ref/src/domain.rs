@@ -29,7 +29,6 @@ use vir_abi::wire::MessageFormat;
 
 use crate::device::{DeviceId, StorageType};
 use crate::hypercall::CallError;
-use crate::vtd_domain::HardwareError;
 
 /// A domain-defined identifier of a live allocation (for [`VirDomain`](crate::VirDomain): the
 /// vIR handle). Unique among the domain's live allocations.
@@ -151,6 +150,36 @@ impl fmt::Display for ProtocolError {
                     "ACTIVATE returned {message:x?}, not a valid {format:?} message"
                 )
             }
+        }
+    }
+}
+
+/// A remapping-unit access that failed (the VT-d domains' hardware, `crate::vtd_domain`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HardwareError {
+    /// The table entry (carried index) could not be written (for a table in guest memory: the
+    /// memory is not there).
+    IrteWrite(u16),
+    /// The interrupt entry cache invalidation of the block at the carried index did not
+    /// complete.
+    Invalidation(u16),
+    /// A register write (IRTA or global command) was not accepted.
+    Register,
+}
+
+impl HardwareError {
+    /// The errno a kernel reports (positive): `EIO`.
+    pub const fn errno(&self) -> i32 {
+        errno::EIO
+    }
+}
+
+impl fmt::Display for HardwareError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::IrteWrite(i) => write!(f, "IRTE {i} could not be written"),
+            Self::Invalidation(i) => write!(f, "invalidation of IRTE {i} did not complete"),
+            Self::Register => f.write_str("remapping unit register write failed"),
         }
     }
 }

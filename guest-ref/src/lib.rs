@@ -17,7 +17,7 @@
 //! * [`vtd_domain`]: [`BareMetalVtdDomain`] (a kernel on real VT-d) and [`EmulatedVtdDomain`]
 //!   (a guest whose vIOMMU emulates remapping without vIR: IMS refused), programming IRTEs
 //!   themselves;
-//! * [`select`]: [`select_ir_domain`], the choice among the three without heuristics (B1), and
+//! * [`select`]: [`select_ir_domain`], the choice among the three without heuristics (spec §2.2), and
 //!   [`IrDomain`], the three behind one type;
 //! * [`matrix`]: [`VectorMatrix`], a per-vCPU vector allocator like Linux's `irq_matrix`, with
 //!   reservation mode and CPU online/offline;

@@ -1,4 +1,5 @@
-//! Which interrupt-remapping domain a guest kernel uses: the three situations of design brief B1,
+//! Which interrupt-remapping domain a guest kernel uses: the three situations of
+//! `spec/vir-v1.md` §2.2,
 //! told apart without heuristics.
 //!
 //! | CPUID.1:ECX\[31\] | vIR leaves | NEGOTIATE | remapping unit (DMAR) | domain | IMS |

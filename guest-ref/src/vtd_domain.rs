@@ -1,5 +1,6 @@
 //! Remapping domains that program VT-d interrupt remapping table entries themselves, like
-//! Linux's `intel_irq_remapping` domain: situations 1 and 2 of design brief B1.
+//! Linux's `intel_irq_remapping` domain: bare metal and a VM without vIR
+//! (situations 1 and 2 of `spec/vir-v1.md` §2.2).
 //!
 //! * [`BareMetalVtdDomain`] (situation 1): the kernel owns a real remapping unit
 //!   ([`RemappingHardware`]): it writes IRTEs into the unit's table and invalidates the interrupt
@@ -26,49 +27,18 @@
 use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt;
 use vir_abi::hw::ApicMode;
 use vir_abi::hw::msi::MsiMessage;
 use vir_abi::hw::vtd::{Irta, RemappableMsi, RemappedIrte, Svt};
-use vir_abi::status::errno;
 
 use crate::device::StorageType;
+pub use crate::domain::HardwareError;
 use crate::domain::{
     Activation, AllocationId, DomainError, IrSlot, IrqTarget, RemapDomain, VectorState,
 };
 
 /// The VT-d global command register bits, defined once in the ABI crate.
 pub use vir_abi::hw::vtd::{GCMD_CFI, GCMD_IRE, GCMD_SIRTP};
-
-/// A remapping-unit access that failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HardwareError {
-    /// The table entry (carried index) could not be written (for a table in guest memory: the
-    /// memory is not there).
-    IrteWrite(u16),
-    /// The interrupt entry cache invalidation of the block at the carried index did not
-    /// complete.
-    Invalidation(u16),
-    /// A register write (IRTA or global command) was not accepted.
-    Register,
-}
-
-impl HardwareError {
-    /// The errno a kernel reports (positive): `EIO`.
-    pub const fn errno(&self) -> i32 {
-        errno::EIO
-    }
-}
-
-impl fmt::Display for HardwareError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::IrteWrite(i) => write!(f, "IRTE {i} could not be written"),
-            Self::Invalidation(i) => write!(f, "invalidation of IRTE {i} did not complete"),
-            Self::Register => f.write_str("remapping unit register write failed"),
-        }
-    }
-}
 
 /// A real VT-d remapping unit owned by this kernel (situation 1).
 pub trait RemappingHardware {

@@ -1,4 +1,4 @@
-//! The three situations of design brief B1 behind the same driver-facing API: a boot path picks
+//! The three situations of `spec/vir-v1.md` §2.2 behind the same driver-facing API: a boot path picks
 //! the domain from discovery alone, and the same driver code runs on each; only IMS differs
 //! (`VIR-LEG-G-001`, `VIR-LEG-G-002`).
 

@@ -1,5 +1,5 @@
 //! The `hostile_storage` body: a hostile guest writes arbitrary messages into every kind of
-//! interrupt storage its devices have and fires them (design brief B17; VIR-SEC-H-001..003,
+//! interrupt storage its devices have and fires them (`spec/vir-v1.md` §10; VIR-SEC-H-001..003,
 //! VIR-SEC-H-012).
 //!
 //! It runs on `vir-simvm`'s [`World`]: the reference host and two reference guests on the

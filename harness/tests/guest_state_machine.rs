@@ -16,7 +16,7 @@
 //!   VIR-SEC-H-003);
 //! * every allocated but not requested source, fired, reaches no vCPU at all (VIR-SEC-H-002);
 //! * an allocation's message never changes while it lives (VIR-ACT-H-009, VIR-AFF-H-005), and
-//!   affinity changes and hot-unplug write no interrupt storage (VIR-AFF-G-001, design brief B12);
+//!   affinity changes and hot-unplug write no interrupt storage (VIR-AFF-G-001, spec §5.4 and §8.7);
 //! * after a hot-unplug no requested irq stays on the offline CPU unless the guest reported it
 //!   as failed to migrate (VIR-IRQ-G-001).
 

@@ -1,4 +1,5 @@
-//! The physical side of the host, behind three small traits (design brief B14).
+//! The physical side of the host, behind three small traits (the ACTIVATE flow of
+//! `spec/vir-v1.md` §5.3).
 //!
 //! Before a host can answer `ACTIVATE` it must (a) set up the *virtual routing* of the
 //! interrupt — a GSI routed to the target vCPU and vector, with an irqfd bound to it (KVM's
@@ -9,7 +10,7 @@
 //!
 //! The traits are object safe and implemented for `Box<T>` and `&mut T`, so a VMM can plug in
 //! real KVM/VFIO/IOMMU code, a simulation can plug in its models, and tests use the in-memory
-//! implementations of [`crate::testing`].
+//! implementations of `crate::testing` (feature `test-utils`).
 //!
 //! # Contract shared by the traits
 //!
@@ -92,7 +93,7 @@ pub struct HostIrq {
 }
 
 /// A backend operation that can fail (used in errors and by the failure injection of
-/// [`crate::testing`]).
+/// `crate::testing` (feature `test-utils`)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BackendOp {
     /// [`VirtualRouting::add_route`].

@@ -17,7 +17,7 @@
 //!   [`Vm::msi_message_issued`]).
 //! * **Physical side** — the three traits of [`backend`]: the shared remapping table
 //!   ([`IrteTable`]), KVM-like routing ([`VirtualRouting`]) and VFIO-like IRQs
-//!   ([`PhysicalIrqs`]). `ACTIVATE` follows the flow of design brief B14: route, then physical
+//!   ([`PhysicalIrqs`]). `ACTIVATE` follows the flow of the specification's §5.3: route, then physical
 //!   IRQ, then the IRTE — in posted mode the entry exists only once both succeeded — and any
 //!   failure unwinds what came before.
 //! * **Legacy scheme** — [`legacy`]: trap-and-emulate of the MSI capability and the MSI-X
@@ -30,7 +30,9 @@
 //!   [`Host::snapshot`] captures the state to prove it.
 //! * **Observability** — [`Counters`] of calls, statuses and binding events.
 //!
-//! [`testing`] holds in-memory backends with failure injection and guest-side helpers.
+//! `testing` (behind the `test-utils` feature, off by default) holds in-memory backends with
+//! failure injection and guest-side helpers for tests and conformance suites; the product crate
+//! builds without it.
 //!
 //! ## Example
 //!
@@ -77,6 +79,7 @@ pub mod legacy;
 mod memory;
 pub mod snapshot;
 pub mod table;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod vm;
 

@@ -15,6 +15,9 @@
 //! * [`MockDeviceStorage`]: the physical interrupt storage the legacy trap code programs, with a
 //!   log of every write.
 //!
+//! * [`invariants`]: the one host invariant checker ([`invariants::check_host`]), comparing the
+//!   host's bookkeeping with what the mock backends hold.
+//!
 //! Nothing here is meant for production: these types favour inspectability over speed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,6 +47,7 @@ use crate::config::{ConfigError, HostConfig};
 use crate::host::Host;
 
 mod device_storage;
+pub mod invariants;
 pub use device_storage::{MockDeviceStorage, PhysicalDevice, StorageWrite};
 
 /// A backend event, as logged in a [`Journal`].

@@ -13,12 +13,11 @@ use common::*;
 use proptest::prelude::*;
 use vir_abi::call::CallCode;
 use vir_abi::feature::Features;
-use vir_abi::hw::vtd::Svt;
-use vir_abi::hw::{ApicMode, Irte};
 use vir_abi::status::Status;
 use vir_abi::wire::{StorageKind, call_layout};
-use vir_host::testing::{Caller, mock_state};
-use vir_host::{BackendError, BackendOp, IrMode, Quotas, RouteTarget, VectorState, VmId};
+use vir_host::testing::Caller;
+use vir_host::testing::invariants::check_host;
+use vir_host::{BackendError, BackendOp, IrMode, Quotas};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -269,98 +268,12 @@ impl World {
         }
     }
 
+    /// The one host invariant checker (`vir_host::testing::invariants`, shared with the fuzz
+    /// harness and the conformance adapter).
     fn check_invariants(&self) {
-        let host = &self.t.host;
-        let state = mock_state(host);
-        let size = state.irtes.len() as u32;
-        let mut owner: Vec<Option<(VmId, u32, usize)>> = vec![None; size as usize];
-        let mut active = 0usize;
-        let mut used = 0u32;
-        for (vm, rid) in [(self.t.a.vm, A_RID), (self.t.b.vm, B_RID)] {
-            let v = host.vm(vm).unwrap();
-            let mut irtes = 0;
-            let mut vectors = 0;
-            for (h, a) in v.allocations() {
-                irtes += a.count();
-                assert_eq!(a.base % a.count(), 0, "natural alignment");
-                for (sub, s) in a.vectors.iter().enumerate() {
-                    let idx = a.base + sub as u32;
-                    assert_eq!(owner[idx as usize], None, "entry {idx} owned twice");
-                    owner[idx as usize] = Some((vm, h, sub));
-                    let raw = state.irtes[idx as usize];
-                    match s {
-                        VectorState::Allocated => assert_eq!(raw, 0, "entry {idx}"),
-                        VectorState::Reserved => {
-                            let Irte::Remapped(r) = Irte::decode(raw, ApicMode::X2Apic).unwrap()
-                            else {
-                                panic!()
-                            };
-                            assert!(!r.present && r.fpd);
-                            assert_eq!((r.sid, r.sq, r.svt), (rid, 0, Svt::VerifySid));
-                        }
-                        VectorState::Active(x) => {
-                            vectors += 1;
-                            assert_eq!(raw, x.irte);
-                            let irte = Irte::decode(raw, ApicMode::X2Apic).unwrap();
-                            assert!(irte.present());
-                            assert!(irte.sid_matches(rid));
-                            let vcpu = v.config().vcpus[x.vcpu_index as usize];
-                            assert_eq!(
-                                vcpu.apic_id, x.target.apic_id,
-                                "target is a vCPU of this VM"
-                            );
-                            match irte {
-                                Irte::Posted(p) => {
-                                    assert_eq!((p.sid, p.sq, p.svt), (rid, 0, Svt::VerifySid));
-                                    assert_eq!((p.pda, p.vector), (vcpu.pda, x.target.vector));
-                                }
-                                Irte::Remapped(r) => {
-                                    assert_eq!((r.sid, r.sq, r.svt), (rid, 0, Svt::VerifySid));
-                                    assert_eq!(
-                                        (r.vector, r.dest),
-                                        (x.host_irq.vector.vector, x.host_irq.vector.apic_id)
-                                    );
-                                    assert_eq!(x.host_irq.vector.cpu, vcpu.pcpu);
-                                }
-                            }
-                            let irq = state.irqs.get(&x.host_irq.id).expect("started IRQ");
-                            assert_eq!(
-                                (irq.vm, irq.gsi, irq.vector, irq.pending),
-                                (vm, x.gsi, x.host_irq.vector, None)
-                            );
-                            assert_eq!(
-                                (irq.source.requester_id, irq.source.kind, irq.source.slot),
-                                (rid, a.kind, a.index + sub as u32)
-                            );
-                            let route = state.routes.get(&(vm, x.gsi)).copied();
-                            let want = RouteTarget {
-                                vcpu_index: x.vcpu_index,
-                                apic_id: x.target.apic_id,
-                                vector: x.target.vector,
-                            };
-                            assert_eq!(route, Some(want));
-                        }
-                    }
-                }
-            }
-            assert_eq!((v.irtes_used(), v.vectors_used()), (irtes, vectors));
-            assert!(irtes <= v.config().quotas.irtes && vectors <= v.config().quotas.vectors);
-            active += vectors as usize;
-            used += irtes;
+        if let Err(v) = check_host(&self.t.host) {
+            panic!("host invariant broken: {v}");
         }
-        for (i, o) in owner.iter().enumerate() {
-            if o.is_none() {
-                assert_eq!(state.irtes[i], 0, "unowned entry {i} not clear");
-            }
-        }
-        assert_eq!((state.irqs.len(), state.routes.len()), (active, active));
-        assert_eq!(host.table_free(), size - used);
-        assert_eq!(
-            host.routing().invalid_calls()
-                + host.irqs().invalid_calls()
-                + host.table().invalid_writes(),
-            0
-        );
     }
 }
 

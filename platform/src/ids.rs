@@ -1,7 +1,7 @@
 //! Identifier newtypes shared by the platform's components.
 //!
-//! Host and guest APIC ids live in different name spaces (a guest's APIC ids are virtual, see the
-//! design brief §5), so they get different types: [`HostApicId`] names a physical CPU,
+//! Host and guest APIC ids live in different name spaces (a guest's APIC ids are virtual, see
+//! `spec/vir-v1.md` §5.1 and §8.7), so they get different types: [`HostApicId`] names a physical CPU,
 //! [`GuestApicId`] names a vCPU of one VM.
 
 use core::fmt;
@@ -127,8 +127,8 @@ impl fmt::Display for DeviceId {
     }
 }
 
-/// The four kinds of interrupt storage a device can have (the design brief §1: MSI and MSI-X are
-/// standardised IMS).
+/// The four kinds of interrupt storage a device can have (`spec/vir-v1.md` §5.1: MSI and MSI-X
+/// are standardised IMS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StorageKind {
     /// PCI MSI: one message in the MSI capability, for a block of 1–32 vectors.

@@ -1,7 +1,7 @@
 //! An Intel VT-d interrupt-remapping unit.
 //!
 //! The unit holds an interrupt remapping table of up to 65536 128-bit IRTEs, stored raw in the
-//! layout of `hardware-formats.md` and decoded with [`vir_abi::hw::vtd`] on every use. Its state:
+//! layout of `spec/vir-v1.md` §8.3 and §8.4 and decoded with [`vir_abi::hw::vtd`] on every use. Its state:
 //!
 //! * **IRTA** ([`Irta`]): the table has 2^(S+1) entries; EIME selects the x2APIC destination
 //!   format (full 32-bit DST) over xAPIC (APIC id in DST bits 15:8).
@@ -20,7 +20,9 @@
 //! # Check order
 //!
 //! [`RemappingUnit::remap`] checks an interrupt write (requester id, address, data) in VT-d's
-//! order, as `hardware-formats.md` lists it, with these [`VtdFaultReason`]s:
+//! order (Intel VT-d specification, chapter 5; IRTE fields in `spec/vir-v1.md` §8.3), with these
+//! [`VtdFaultReason`]s — the order is kept once, in [`vir_abi::vtd_remap::decide`], which the
+//! host's emulated vIOMMU uses too; this unit supplies its table, cache and fault log:
 //!
 //! 1. high address ≠ 0 or address 31:20 ≠ `0xFEE` → 0x20;
 //! 2. format bit 4 = 0 (compatibility format): with CFI clear → 0x25, with CFI set → passed
@@ -47,17 +49,18 @@ use std::collections::VecDeque;
 
 use vir_abi::hw::ApicMode;
 use vir_abi::hw::msi::MsiMessage;
-use vir_abi::hw::vtd::{
-    Irta, Irte, IrteError, IrteRaw, RemappableMsi, VtdFaultReason, VtdMsiError,
-};
+use vir_abi::hw::vtd::{Irta, Irte, IrteError, IrteRaw, VtdFaultReason};
+
+use vir_abi::vtd_remap::{Decision, Lookup, UnitState, decide};
 
 use crate::ids::{HostApicId, RequesterId};
 
 /// The largest interrupt remapping table (S = 15).
 pub const MAX_ENTRIES: u32 = 65536;
 
-/// How many fault records the unit keeps before it counts overflows instead.
-pub const FAULT_LOG_CAPACITY: usize = 4096;
+/// How many fault records the unit keeps before it counts overflows instead (the project's
+/// one VT-d figure, [`vir_abi::vtd_remap::FAULT_LOG_CAPACITY`]).
+pub use vir_abi::vtd_remap::FAULT_LOG_CAPACITY;
 
 /// The largest index mask of an interrupt entry cache invalidation (2^16 entries).
 pub const MAX_INDEX_MASK: u8 = 16;
@@ -404,66 +407,43 @@ impl RemappingUnit {
     /// Processes one interrupt write from `requester_id`, in VT-d's check order (see the module
     /// documentation). Total: any input gives an outcome, nothing panics.
     pub fn remap(&mut self, requester_id: RequesterId, msg: MsiMessage) -> RemapOutcome {
-        if !self.remapping {
-            self.stats.passed_through += 1;
-            return RemapOutcome::PassThrough(msg);
-        }
-        // Steps 1-2: address checks, then the format bit.
-        let req = match RemappableMsi::decode_address(msg) {
-            Ok(req) => req,
-            Err(VtdMsiError::CompatibilityFormat(_)) if self.cfi => {
+        let state = UnitState {
+            remapping: self.remapping,
+            cfi: self.cfi,
+            table_entries: Some(self.entries()),
+        };
+        let mode = self.apic_mode();
+        let cache = &self.cache;
+        let decision = decide(state, requester_id.0, msg, |index| {
+            // decide asks only for an index below the table size, which is the cache's length.
+            let Some(&raw) = cache.get(usize::from(index)) else {
+                return Lookup::Unreadable;
+            };
+            let raw = IrteRaw::from_u128(raw);
+            let fpd = raw.fpd();
+            if !raw.present() {
+                return Lookup::NotPresent { fpd };
+            }
+            match Irte::decode(raw, mode) {
+                Ok(entry) => Lookup::Present(entry),
+                Err(e) => Lookup::Reserved {
+                    fpd,
+                    reason: e.fault_reason().unwrap_or(VtdFaultReason::IRTE_RESERVED),
+                },
+            }
+        });
+        match decision {
+            Decision::PassThrough => {
                 self.stats.passed_through += 1;
-                return RemapOutcome::PassThrough(msg);
+                RemapOutcome::PassThrough(msg)
             }
-            Err(e) => return self.fault(e.fault_reason(), None, false, requester_id, msg),
-        };
-        // Step 3: index against the table size.
-        let index = req.irte_index();
-        let Ok(slot) = self.check_index(index) else {
-            return self.fault(
-                VtdFaultReason::INDEX_OUT_OF_RANGE,
-                Some(index),
-                false,
-                requester_id,
-                msg,
-            );
-        };
-        let raw = IrteRaw::from_u128(self.cache[slot]);
-        let fpd = raw.fpd();
-        // Step 5: present.
-        if !raw.present() {
-            return self.fault(
-                VtdFaultReason::NOT_PRESENT,
-                Some(index),
-                fpd,
-                requester_id,
-                msg,
-            );
-        }
-        // Step 6: reserved bits.
-        let entry = match Irte::decode(raw, self.apic_mode()) {
-            Ok(entry) => entry,
-            Err(e) => {
-                let reason = e.fault_reason().unwrap_or(VtdFaultReason::IRTE_RESERVED);
-                return self.fault(reason, Some(index), fpd, requester_id, msg);
+            Decision::Fault { reason, index, fpd } => {
+                self.fault(reason, index, fpd, requester_id, msg)
             }
-        };
-        // Step 7: source id.
-        if !entry.sid_matches(requester_id.0) {
-            return self.fault(
-                VtdFaultReason::SID_CHECK_FAILED,
-                Some(index),
-                fpd,
-                requester_id,
-                msg,
-            );
-        }
-        // Step 8: sub-handle data bits.
-        if let Err(e) = RemappableMsi::check_data(req.shv, msg.data) {
-            return self.fault(e.fault_reason(), Some(index), fpd, requester_id, msg);
-        }
-        match entry {
-            Irte::Remapped(r) => {
+            Decision::Remap {
+                index,
+                entry: Irte::Remapped(r),
+            } => {
                 self.stats.remapped += 1;
                 RemapOutcome::Remapped(RemappedInterrupt {
                     index,
@@ -475,7 +455,10 @@ impl RemappingUnit {
                     redirection_hint: r.redirection_hint,
                 })
             }
-            Irte::Posted(p) => {
+            Decision::Remap {
+                index,
+                entry: Irte::Posted(p),
+            } => {
                 self.stats.posted += 1;
                 RemapOutcome::Posted(PostedInterrupt {
                     index,
@@ -492,7 +475,7 @@ impl RemappingUnit {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use vir_abi::hw::vtd::{PostedIrte, RemappedIrte, Svt};
+    use vir_abi::hw::vtd::{PostedIrte, RemappableMsi, RemappedIrte, Svt};
 
     const RID: RequesterId = RequesterId(0x0310); // 03:02.0
     const XA: ApicMode = ApicMode::XApic;

@@ -1,7 +1,7 @@
 //! A KVM-like hypervisor kernel model: VMs with guest memory and vCPUs (local APICs), a GSI
 //! routing table per VM, irqfds, and injection into vCPU local APICs.
 //!
-//! The virtual half of the physical flow of the design brief (B14 a): a VMM registers a route
+//! The virtual half of the ACTIVATE flow (`spec/vir-v1.md` §5.3): a VMM registers a route
 //! *GSI → (vCPU APIC id, vector)* and binds an eventfd to the GSI (an irqfd). When the eventfd is
 //! signalled — by a host IRQ of the [`vfio`](crate::vfio) model — KVM looks up the route and sets
 //! the vector in the target vCPU's IRR.

@@ -1,6 +1,6 @@
 //! A VFIO-like model of host IRQs for assigned devices.
 //!
-//! The physical half of the flow of the design brief (B14 b): for each interrupt source of an
+//! The physical half of the ACTIVATE flow (`spec/vir-v1.md` §5.3): for each interrupt source of an
 //! assigned device — named by the device's requester id and a [`StorageSlot`] — the VMM starts a
 //! host IRQ bound to an eventfd. Starting allocates a host vector on a physical CPU from that
 //! CPU's vector space ([`Pcpus`]); an affinity change moves it to a vector on another CPU. When

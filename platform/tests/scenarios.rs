@@ -276,7 +276,7 @@ fn forgotten_invalidation_keeps_old_entry() {
     );
 }
 
-// Design brief §5 "multi-vector MSI is one handle plus sub-handles", VIR-ACT-H-009: one message
+// Multi-vector MSI is one handle plus sub-handles (`spec/vir-v1.md` §8.6), VIR-ACT-H-009: one message
 // for the block; vector i arrives through IRTE base + i.
 #[test]
 fn msi_block_one_message_subhandle_per_vector_vir_act_h_009() {

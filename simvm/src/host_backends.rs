@@ -1,6 +1,7 @@
 //! The reference host's three backends over the simulated platform.
 //!
-//! `vir-host` reaches the physical side through three traits (design brief B14); here each one is
+//! `vir-host` reaches the physical side through three traits (the ACTIVATE flow of
+//! `spec/vir-v1.md` §5.3); here each one is
 //! implemented over the shared [`Machine`]:
 //!
 //! * [`SimIrteTable`] ([`IrteTable`]): the VT-d remapping unit's table. A posted entry is stored

@@ -1,4 +1,5 @@
-//! The three situations of design brief B1 on the simulated platform, each a machine with one
+//! The three situations of `spec/vir-v1.md` §2.2 (bare metal, a VM without vIR, a VM with vIR)
+//! on the simulated platform, each a machine with one
 //! device and one guest kernel driving it through the same [`IrqSubsystem`] API:
 //!
 //! 1. **bare metal** — no hypervisor: the kernel programs the machine's VT-d unit itself

@@ -1,4 +1,4 @@
-//! The three situations of design brief B1 side by side on the simulated platform, the switch
+//! The three situations of `spec/vir-v1.md` §2.2 side by side on the simulated platform, the switch
 //! between the legacy scheme and vIR, and a legacy guest that cannot tell a vIR host from one
 //! without vIR.
 

@@ -6,10 +6,10 @@ pub mod bindings;
 pub mod common;
 pub mod discovery;
 pub mod formats;
+pub mod lifecycle;
 pub mod memory;
 pub mod negotiate;
 pub mod security;
-pub mod vectors;
 
 use vir_abi::call::CallCode;
 use vir_abi::discovery::{
@@ -166,67 +166,6 @@ pub fn check_response_reserved(step: &str, desc: &StructDesc, bytes: &[u8]) -> R
     Ok(())
 }
 
-/// The statuses §3 to §5 list for each call (SUCCESS and BUSY included), for VIR-STA-H-002.
-pub fn allowed_statuses(code: CallCode) -> Vec<Status> {
-    use Status as S;
-    let mut v = vec![S::SUCCESS, S::BUSY, S::BAD_LENGTH, S::BAD_BUFFER];
-    let extra: &[Status] = match code {
-        CallCode::QUERY => &[],
-        CallCode::NEGOTIATE => &[
-            S::INVALID_PARAMETER,
-            S::ALREADY_NEGOTIATED,
-            S::UNSUPPORTED_VERSION,
-            S::UNSUPPORTED_FEATURE,
-            S::INVALID_STATE,
-        ],
-        CallCode::RESET => &[S::NOT_NEGOTIATED],
-        CallCode::ALLOCATE => &[
-            S::NOT_NEGOTIATED,
-            S::INVALID_PARAMETER,
-            S::FEATURE_NOT_NEGOTIATED,
-            S::NOT_YOUR_DEVICE,
-            S::STORAGE_NOT_PRESENT,
-            S::INVALID_INDEX,
-            S::INDEX_IN_USE,
-            S::QUOTA_EXCEEDED,
-            S::TABLE_FULL,
-        ],
-        CallCode::ACTIVATE => &[
-            S::NOT_NEGOTIATED,
-            S::INVALID_PARAMETER,
-            S::INVALID_HANDLE,
-            S::INVALID_SUBHANDLE,
-            S::FEATURE_NOT_NEGOTIATED,
-            S::INVALID_STATE,
-            S::INVALID_TARGET,
-            S::VECTORS_EXHAUSTED,
-            S::BACKEND_FAILURE,
-        ],
-        CallCode::SET_AFFINITY => &[
-            S::NOT_NEGOTIATED,
-            S::INVALID_PARAMETER,
-            S::INVALID_HANDLE,
-            S::INVALID_SUBHANDLE,
-            S::INVALID_STATE,
-            S::INVALID_TARGET,
-            S::VECTORS_EXHAUSTED,
-            S::BACKEND_FAILURE,
-        ],
-        CallCode::DEACTIVATE => &[
-            S::NOT_NEGOTIATED,
-            S::INVALID_PARAMETER,
-            S::INVALID_HANDLE,
-            S::INVALID_SUBHANDLE,
-            S::INVALID_STATE,
-        ],
-        CallCode::FREE => &[S::NOT_NEGOTIATED, S::INVALID_PARAMETER, S::INVALID_HANDLE],
-        CallCode::QUERY_QUOTA => &[S::NOT_NEGOTIATED, S::FEATURE_NOT_NEGOTIATED],
-        _ => return vec![S::UNKNOWN_CALL],
-    };
-    v.extend_from_slice(extra);
-    v
-}
-
 /// The state of a vector, as the checks track it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VecState {
@@ -362,14 +301,6 @@ mod tests {
                 "[00, 00, 00, 00, 01, 00, 00, 00]"
             ))
         );
-    }
-
-    #[test]
-    fn allowed_statuses_follow_the_call_tables() {
-        assert!(allowed_statuses(CallCode::FREE).contains(&Status::INVALID_HANDLE));
-        assert!(!allowed_statuses(CallCode::FREE).contains(&Status::INVALID_STATE));
-        assert!(!allowed_statuses(CallCode::QUERY).contains(&Status::NOT_NEGOTIATED));
-        assert_eq!(allowed_statuses(CallCode(0x20)), vec![Status::UNKNOWN_CALL]);
     }
 
     #[test]

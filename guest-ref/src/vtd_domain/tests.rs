@@ -2,6 +2,7 @@ use super::*;
 use crate::device::DeviceId;
 use alloc::vec::Vec;
 use vir_abi::hw::vtd::Irte;
+use vir_abi::status::errno;
 
 /// A table with an entry cache: writes land in `memory`, invalidations copy into `cache`.
 #[derive(Default)]

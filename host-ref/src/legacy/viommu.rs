@@ -1,5 +1,5 @@
-//! The emulated VT-d interrupt-remapping unit of a VM (situation 2 of design brief B1: a vIOMMU
-//! that emulates interrupt remapping but offers no vIR call).
+//! The emulated VT-d interrupt-remapping unit of a VM (situation 2 of `spec/vir-v1.md` §2.2 and
+//! §9: a vIOMMU that emulates interrupt remapping but offers no vIR call).
 //!
 //! The guest keeps its interrupt remapping table in its own memory, in the VT-d format, and
 //! tells the unit where with the IRTA register (base, size S: 2^(S+1) entries, EIME for the
@@ -9,7 +9,8 @@
 //! submission, [`ViommuWrite::InvalidateEntries`] / [`ViommuWrite::InvalidateAll`]).
 //!
 //! The host decodes a trapped remappable-format message through that table with VT-d's checks
-//! and fault reasons, in VT-d's order (the order `vir_abi::hw::vtd` documents):
+//! and fault reasons, in VT-d's order, kept once in `vir_abi::vtd_remap::decide` (which the
+//! platform's simulated unit uses too; this unit supplies its cache and fault log):
 //!
 //! 1. high address ≠ 0 or address 31:20 ≠ `0xFEE` → 0x20;
 //! 2. compatibility format: passed on to the compatibility decoder with CFI set, else → 0x25;
@@ -35,9 +36,9 @@ use core::fmt;
 use vir_abi::hw::ApicMode;
 use vir_abi::hw::msi::MsiMessage;
 use vir_abi::hw::vtd::{
-    Irta, IrtaBits, IrteError, IrteRaw, RemappableMsi, RemappedIrte, RemappedIrteBits,
-    VtdFaultReason, VtdMsiError,
+    Irta, IrtaBits, IrteError, IrteRaw, RemappedIrte, RemappedIrteBits, VtdFaultReason,
 };
+use vir_abi::vtd_remap::{Decision, Lookup, UnitState, decide};
 
 /// The VT-d global command register bits, defined once in the ABI crate.
 pub use vir_abi::hw::vtd::{GCMD_CFI, GCMD_IRE, GCMD_SIRTP};
@@ -46,8 +47,8 @@ pub use vir_abi::hw::vtd::{GCMD_CFI, GCMD_IRE, GCMD_SIRTP};
 /// 16-bit index space; larger masks invalidate everything.
 pub const MAX_INDEX_MASK: u8 = 16;
 
-/// Capacity of the fault log.
-pub const FAULT_LOG_CAPACITY: usize = 256;
+/// Capacity of the fault log (the project's one VT-d figure, shared with the platform's unit).
+pub use vir_abi::vtd_remap::FAULT_LOG_CAPACITY;
 
 /// A trapped access to a register of the emulated remapping unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -325,90 +326,43 @@ impl Viommu {
         read: &dyn Fn(u64) -> Option<u128>,
         reads: &mut u64,
     ) -> (Translation, Option<u16>) {
-        if !self.ir_enabled {
-            return (Translation::Compat, None);
-        }
-        // 1-2.
-        let req = match RemappableMsi::decode_address(msg) {
-            Ok(r) => r,
-            Err(VtdMsiError::CompatibilityFormat(_)) if self.cfi => {
-                return (Translation::Compat, None);
-            }
-            Err(e) => {
-                return (
-                    self.fault(e.fault_reason(), None, false, requester_id, msg),
-                    None,
-                );
-            }
+        let state = UnitState {
+            remapping: self.ir_enabled,
+            cfi: self.cfi,
+            table_entries: self.irta.map(|irta| irta.entries()),
         };
-        let index = req.irte_index();
-        // 3.
-        let Some(irta) = self.irta else {
-            let t = self.fault(
-                VtdFaultReason::TABLE_UNREADABLE,
-                Some(index),
-                false,
-                requester_id,
-                msg,
-            );
-            return (t, Some(index));
-        };
-        if u32::from(index) >= irta.entries() {
-            let t = self.fault(
-                VtdFaultReason::INDEX_OUT_OF_RANGE,
-                Some(index),
-                false,
-                requester_id,
-                msg,
-            );
-            return (t, Some(index));
-        }
-        // 4-6.
-        let irte = match self.entry(irta, index, read, reads) {
-            CachedEntry::Unreadable => {
-                let r = VtdFaultReason::TABLE_UNREADABLE;
-                return (
-                    self.fault(r, Some(index), false, requester_id, msg),
-                    Some(index),
-                );
+        let irta = self.irta;
+        let decision = decide(state, requester_id, msg, |index| {
+            // decide asks only once a table is latched.
+            let Some(irta) = irta else {
+                return Lookup::Unreadable;
+            };
+            match self.entry(irta, index, read, reads) {
+                CachedEntry::Unreadable => Lookup::Unreadable,
+                CachedEntry::NotPresent { fpd } => Lookup::NotPresent { fpd },
+                CachedEntry::Reserved { fpd, .. } => Lookup::Reserved {
+                    fpd,
+                    reason: VtdFaultReason::IRTE_RESERVED,
+                },
+                CachedEntry::Present(e) => Lookup::Present(e),
             }
-            CachedEntry::NotPresent { fpd } => {
-                let r = VtdFaultReason::NOT_PRESENT;
-                return (
-                    self.fault(r, Some(index), fpd, requester_id, msg),
-                    Some(index),
-                );
+        });
+        match decision {
+            Decision::PassThrough => (Translation::Compat, None),
+            Decision::Remap { index, entry } => {
+                (Translation::Remapped { irte: entry, index }, Some(index))
             }
-            CachedEntry::Reserved { fpd, .. } => {
-                let r = VtdFaultReason::IRTE_RESERVED;
-                return (
-                    self.fault(r, Some(index), fpd, requester_id, msg),
-                    Some(index),
-                );
+            Decision::Fault { reason, index, fpd } => {
+                (self.fault(reason, index, fpd, requester_id, msg), index)
             }
-            CachedEntry::Present(e) => e,
-        };
-        // 7.
-        if !irte.sid_matches(requester_id) {
-            let r = VtdFaultReason::SID_CHECK_FAILED;
-            return (
-                self.fault(r, Some(index), irte.fpd, requester_id, msg),
-                Some(index),
-            );
         }
-        // 8.
-        if let Err(e) = RemappableMsi::check_data(req.shv, msg.data) {
-            let t = self.fault(e.fault_reason(), Some(index), irte.fpd, requester_id, msg);
-            return (t, Some(index));
-        }
-        (Translation::Remapped { irte, index }, Some(index))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vir_abi::hw::vtd::Svt;
+    use vir_abi::hw::vtd::{RemappableMsi, Svt};
 
     fn entry(vector: u8, dest: u32, sid: u16) -> RemappedIrte {
         RemappedIrte {

@@ -1,6 +1,7 @@
 //! Devices with interrupt storage.
 //!
-//! A [`Device`] has a requester id and any of the four storage kinds of the design brief §1:
+//! A [`Device`] has a requester id and any of the four storage kinds of
+//! `spec/vir-v1.md` §5.1:
 //!
 //! * [`msi`]: the PCI MSI capability (1–32 vectors, multiple message enable, optional per-vector
 //!   mask and pending bits, 32- or 64-bit address);

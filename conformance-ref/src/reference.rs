@@ -35,7 +35,7 @@ use vir_host::{
     VmConfig, VmId, X86Regs,
 };
 
-use crate::hut::{
+use vir_conform::hut::{
     Buffer, CapRegister, Delivery, DeviceFixture, DeviceInterrupts, Fault, Fixture, HarnessError,
     Hook, HostFactory, HostUnderTest, HypercallInsn, IoWidth, IrteFormat, IrteView, MSI_ENABLE,
     MSIX_ENABLE, MemAccess, PhysEvent, Regs, Scope, SetupError, Snapshot, SourceId, Variant,

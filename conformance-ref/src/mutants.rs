@@ -13,13 +13,13 @@ use vir_abi::wire::activate_flags;
 use vir_host::{RouteTarget, VirtualRouting};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::checks::{request_desc, reserved_ranges};
-use crate::hut::{
+use crate::reference::{ReferenceConfig, ReferenceHost};
+use vir_conform::checks::{request_desc, reserved_ranges};
+use vir_conform::hut::{
     Buffer, CapRegister, DeviceInterrupts, Fault, Fixture, HarnessError, HostFactory,
     HostUnderTest, HypercallInsn, IoWidth, IrteView, MSI_ENABLE, MemAccess, PhysEvent, Regs, Scope,
     SetupError, Snapshot, VmRef,
 };
-use crate::reference::{ReferenceConfig, ReferenceHost};
 
 /// One broken behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -364,7 +364,7 @@ impl HostUnderTest for MutantHost {
         vm: VmRef,
         handle: u32,
         subhandle: u16,
-    ) -> Result<Option<crate::hut::Delivery>, HarnessError> {
+    ) -> Result<Option<vir_conform::hut::Delivery>, HarnessError> {
         self.inner.delivery(vm, handle, subhandle)
     }
 
@@ -477,7 +477,7 @@ impl HostFactory for MutantFactory {
 
     fn create_variant(
         &mut self,
-        variant: crate::hut::Variant,
+        variant: vir_conform::hut::Variant,
     ) -> Result<Option<Box<dyn HostUnderTest>>, SetupError> {
         ReferenceHost::new(self.config, Some(variant))
             .map(|h| Some(Box::new(MutantHost::new(h, self.breakage)) as Box<dyn HostUnderTest>))

@@ -2,9 +2,8 @@
 //! remapped mode: every mandatory requirement with a check passes, apart from the departures
 //! listed in `KNOWN_DEPARTURES`, and the coverage figures hold.
 
-use vir_conform::{
-    Outcome, ReferenceConfig, ReferenceFactory, Report, RunOptions, Verdict, report, run,
-};
+use vir_conform::{Outcome, Report, RunOptions, Verdict, report, run};
+use vir_conform_ref::{ReferenceConfig, ReferenceFactory};
 use vir_host::IrMode;
 use vir_spec::requirements::Level;
 

@@ -1,8 +1,9 @@
 //! Deliberately broken hosts: a full run against each fails, and names the requirement the
 //! breakage violates (the run a `vir conform --host mutant:NAME` makes).
 
-use vir_conform::mutants::{Breakage, MutantFactory};
-use vir_conform::{Outcome, ReferenceConfig, Report, RunOptions, report, run};
+use vir_conform::{Outcome, Report, RunOptions, report, run};
+use vir_conform_ref::ReferenceConfig;
+use vir_conform_ref::mutants::{Breakage, MutantFactory};
 
 fn run_mutant(breakage: Breakage) -> Report {
     let mut f = MutantFactory {
