@@ -168,6 +168,41 @@ pub enum SourceValidation {
     },
 }
 
+impl SourceValidation {
+    /// The requester ids an IRTE with this source check accepts, for a device whose own
+    /// requester id is `requester_id`: an inclusive range (SVT = 1 with SQ = 0 accepts exactly
+    /// the device's id; SVT = 2 accepts every device, function and bus of the bus range).
+    pub fn accepted_requester_ids(&self, requester_id: u16) -> RequesterIdRange {
+        match *self {
+            SourceValidation::RequesterId => RequesterIdRange {
+                first: requester_id,
+                last: requester_id,
+            },
+            SourceValidation::BusRange { start_bus, end_bus } => RequesterIdRange {
+                first: u16::from(start_bus) << 8,
+                last: (u16::from(end_bus) << 8) | 0xff,
+            },
+        }
+    }
+}
+
+/// An inclusive range of 16-bit requester ids (bus:dev.fn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequesterIdRange {
+    /// The lowest requester id of the range.
+    pub first: u16,
+    /// The highest requester id of the range (at least [`RequesterIdRange::first`]).
+    pub last: u16,
+}
+
+impl RequesterIdRange {
+    /// The lowest requester id both ranges contain, if they share any.
+    pub fn first_shared(&self, other: &RequesterIdRange) -> Option<u16> {
+        let first = self.first.max(other.first);
+        (first <= self.last.min(other.last)).then_some(first)
+    }
+}
+
 /// The interrupt storage a device has, by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct StorageSizes {
@@ -210,7 +245,31 @@ pub struct VmConfig {
     pub quotas: Quotas,
 }
 
+impl DeviceConfig {
+    /// Every requester id the IRTEs of this device accept (VIR-SEC-H-006).
+    pub fn accepted_requester_ids(&self) -> RequesterIdRange {
+        self.source_validation
+            .accepted_requester_ids(self.requester_id)
+    }
+}
+
 impl VmConfig {
+    /// The lowest requester id that the IRTEs of a device of this VM and those of a device of
+    /// `other` would both accept (exact requester ids, bus ranges), if any. Two VMs sharing
+    /// one would let a device of one deliver through the other's IRTEs (VIR-SEC-H-006), so the
+    /// host admits a VM only if this is `None` against every VM it already has, whatever the
+    /// order in which they are created.
+    pub fn shared_requester_id(&self, other: &VmConfig) -> Option<u16> {
+        self.devices
+            .iter()
+            .flat_map(|a| other.devices.iter().map(move |b| (a, b)))
+            .filter_map(|(a, b)| {
+                a.accepted_requester_ids()
+                    .first_shared(&b.accepted_requester_ids())
+            })
+            .min()
+    }
+
     /// Check the VM's own configuration (cross-VM checks are done by the host).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus.is_empty() {
@@ -264,6 +323,22 @@ impl VmConfig {
     }
 }
 
+/// The cross-VM checks a host makes before it admits VM `config` next to the VMs configured
+/// as `existing`: no requester id may be accepted by the IRTEs of a device of `config` and of
+/// a device of an existing VM (VIR-SEC-H-006); the check is symmetric, so the order in which
+/// VMs are created does not matter.
+pub fn admit<'a>(
+    config: &VmConfig,
+    existing: impl IntoIterator<Item = &'a VmConfig>,
+) -> Result<(), ConfigError> {
+    for other in existing {
+        if let Some(rid) = config.shared_requester_id(other) {
+            return Err(ConfigError::RequesterIdInUse(rid));
+        }
+    }
+    Ok(())
+}
+
 /// Why a host or VM configuration was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigError {
@@ -297,7 +372,10 @@ pub enum ConfigError {
     DuplicateApicId(u32),
     /// Two devices of a VM with the same guest-visible id.
     DuplicateDeviceId(u32),
-    /// A physical requester id already assigned (to this or another VM).
+    /// A physical requester id already assigned (to this or another VM), or one that the
+    /// IRTEs of a device of this VM would accept while those of another VM's device accept it
+    /// too (an exact requester id inside a bus range, two overlapping bus ranges); the lowest
+    /// such id.
     RequesterIdInUse(u16),
     /// MSI vector count not 0 or a power of two up to 32.
     MsiVectors {
@@ -554,6 +632,65 @@ mod tests {
                 start_bus: 3,
                 end_bus: 2
             })
+        );
+    }
+
+    fn with_device(rid: u16, sv: SourceValidation) -> VmConfig {
+        let mut c = vm();
+        c.devices[0].requester_id = rid;
+        c.devices[0].source_validation = sv;
+        c
+    }
+
+    fn bus(start_bus: u8, end_bus: u8) -> SourceValidation {
+        SourceValidation::BusRange { start_bus, end_bus }
+    }
+
+    #[test]
+    fn vir_sec_h_006_admission_rejects_any_shared_requester_id_in_either_order() {
+        let exact = SourceValidation::RequesterId;
+        // (first VM, second VM, lowest id both accept)
+        let overlapping = [
+            ((0x0100, exact), (0x0100, exact), 0x0100),
+            ((0x0100, bus(0, 0xff)), (0x0200, exact), 0x0200),
+            ((0x0100, bus(1, 1)), (0x01ff, exact), 0x01ff),
+            ((0x0300, bus(3, 5)), (0x0500, bus(5, 9)), 0x0500),
+            ((0x0300, bus(0, 0xff)), (0x0000, exact), 0x0000),
+            ((0xff00, bus(0xff, 0xff)), (0xffff, exact), 0xffff),
+        ];
+        for ((ra, sa), (rb, sb), shared) in overlapping {
+            let a = with_device(ra, sa);
+            let b = with_device(rb, sb);
+            assert_eq!(a.shared_requester_id(&b), Some(shared), "{sa:?} {sb:?}");
+            assert_eq!(b.shared_requester_id(&a), Some(shared), "{sb:?} {sa:?}");
+            assert_eq!(admit(&b, [&a]), Err(ConfigError::RequesterIdInUse(shared)));
+            assert_eq!(admit(&a, [&b]), Err(ConfigError::RequesterIdInUse(shared)));
+        }
+        let disjoint = [
+            ((0x0100, exact), (0x0101, exact)),
+            ((0x0100, bus(1, 1)), (0x0200, exact)),
+            ((0x0100, bus(1, 1)), (0x00ff, exact)),
+            ((0x0300, bus(3, 5)), (0x0600, bus(6, 9))),
+        ];
+        for ((ra, sa), (rb, sb)) in disjoint {
+            let a = with_device(ra, sa);
+            let b = with_device(rb, sb);
+            assert_eq!(a.shared_requester_id(&b), None, "{sa:?} {sb:?}");
+            assert_eq!(admit(&b, [&a]), Ok(()));
+            assert_eq!(admit(&a, [&b]), Ok(()));
+        }
+        // A VM without devices shares nothing; the check runs against every existing VM.
+        let none = VmConfig {
+            devices: Vec::new(),
+            ..vm()
+        };
+        let a = with_device(0x0100, bus(0, 0xff));
+        assert_eq!(admit(&none, [&a]), Ok(()));
+        let b = with_device(0x0700, exact);
+        let c = with_device(0x0800, exact);
+        assert_eq!(
+            admit(&a, [&none, &c, &b]),
+            Err(ConfigError::RequesterIdInUse(0x0800))
         );
     }
 }

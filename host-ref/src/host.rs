@@ -142,20 +142,11 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
         self.config.vir_available()
     }
 
-    /// Create a VM. Its devices' requester ids must not be assigned to another VM.
+    /// Create a VM, after the cross-VM checks of [`crate::config::admit`]: no requester id
+    /// accepted by the IRTEs of two VMs' devices (VIR-SEC-H-006).
     pub fn add_vm(&mut self, config: VmConfig) -> Result<VmId, ConfigError> {
         config.validate()?;
-        for d in &config.devices {
-            let taken = self.vms.values().any(|vm| {
-                vm.config
-                    .devices
-                    .iter()
-                    .any(|o| o.requester_id == d.requester_id)
-            });
-            if taken {
-                return Err(ConfigError::RequesterIdInUse(d.requester_id));
-            }
-        }
+        crate::config::admit(&config, self.vms.values().map(|v| &v.config))?;
         let id = VmId(self.next_vm);
         self.next_vm = self.next_vm.checked_add(1).ok_or(ConfigError::TooManyVms)?;
         self.vms.insert(id, Vm::new(id, config));

@@ -86,8 +86,8 @@ pub use backend::{
 };
 pub use calls::{MAX_VERSION, MIN_VERSION};
 pub use config::{
-    ConfigError, DeviceConfig, HostConfig, IrMode, Quotas, SourceValidation, StorageSizes,
-    VcpuConfig, VmConfig,
+    ConfigError, DeviceConfig, HostConfig, IrMode, Quotas, RequesterIdRange, SourceValidation,
+    StorageSizes, VcpuConfig, VmConfig,
 };
 pub use counters::{Binding, Counters};
 pub use host::{DoorbellIgnored, Host, HostError, PioOutcome, X86Regs};

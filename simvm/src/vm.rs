@@ -94,6 +94,8 @@ pub struct DeviceSpec {
     pub ims_device_entries: u32,
     /// IMS queues with their message in system memory (0: none).
     pub ims_system_queues: u32,
+    /// How the host's IRTEs for it check the source of its requests.
+    pub source_validation: SourceValidation,
 }
 
 impl DeviceSpec {
@@ -107,7 +109,15 @@ impl DeviceSpec {
             msix_entries: 0,
             ims_device_entries: 0,
             ims_system_queues: 0,
+            source_validation: SourceValidation::RequesterId,
         }
+    }
+
+    /// With IRTEs that check the source this way (a device behind a PCIe-to-PCI bridge:
+    /// [`SourceValidation::BusRange`]).
+    pub fn with_source_validation(mut self, source_validation: SourceValidation) -> Self {
+        self.source_validation = source_validation;
+        self
     }
 
     /// With an MSI capability of 2^`log2` vectors.
@@ -777,7 +787,7 @@ impl World {
             host_devices.push(HostDevice {
                 device_id: d.guest_id.0,
                 requester_id: d.requester_id,
-                source_validation: SourceValidation::RequesterId,
+                source_validation: d.source_validation,
                 storage: StorageSizes {
                     msi_vectors: d.msi_log2.map_or(0, |l| 1u8 << l),
                     msix_entries: d.msix_entries,
