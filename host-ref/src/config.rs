@@ -648,6 +648,7 @@ mod tests {
 
     #[test]
     fn vir_sec_h_006_admission_rejects_any_shared_requester_id_in_either_order() {
+        // VIR-SEC-H-006
         let exact = SourceValidation::RequesterId;
         // (first VM, second VM, lowest id both accept)
         let overlapping = [

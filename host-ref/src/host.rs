@@ -485,7 +485,8 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
     /// Platform reset of VM `vm` (reboot, host-initiated): every allocation freed (IRTEs not
     /// present, host IRQs stopped, routes removed), state back to legacy with MSI-X trapping,
     /// legacy interrupts disabled, doorbell latches cleared (VIR-RST-H-001..003). Handles issued
-    /// before stay stale for ever; the session counter keeps counting.
+    /// before stay stale until VIR-ALC-H-010 lets their values be issued again; the session
+    /// counter keeps counting.
     pub fn reset_vm(&mut self, vm: VmId) -> Result<(), HostError> {
         let Host {
             config,
