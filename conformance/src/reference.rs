@@ -270,6 +270,7 @@ fn primary_spec() -> VmSpec {
                 irtes: 64,
                 vectors: 8,
             },
+            guest_writable: vir_host::GuestWritable::AllRam,
         },
     }
 }
@@ -301,6 +302,7 @@ fn secondary_spec() -> VmSpec {
                 irtes: 96,
                 vectors: 8,
             },
+            guest_writable: vir_host::GuestWritable::AllRam,
         },
     }
 }

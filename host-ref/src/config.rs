@@ -234,6 +234,52 @@ pub struct DeviceConfig {
     pub storage: StorageSizes,
 }
 
+/// A range of guest-physical addresses: `len` bytes from `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GpaRange {
+    /// First address.
+    pub start: u64,
+    /// Length in bytes (not 0; `start + len` at most 2^64).
+    pub len: u64,
+}
+
+impl GpaRange {
+    /// Whether `len` bytes from `gpa` lie inside the range (128-bit arithmetic: a range or a
+    /// buffer may end exactly at 2^64).
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        let end = u128::from(self.start) + u128::from(self.len);
+        gpa >= self.start && u128::from(gpa) + u128::from(len) <= end
+    }
+}
+
+/// Which guest memory the guest may write, as the VMM maps it (VIR-MEM-H-006).
+///
+/// The host writes a response buffer or a doorbell block only inside this memory. It does not
+/// rely on the guest-memory object for that: rust-vmm's `GuestMemoryMmap` ignores the
+/// permission passed to `check_range`, so memory the VMM maps read-only (a ROM, a read-only
+/// memslot) passes as writable and the host's write faults — or, where the host mapping is
+/// writable, writes memory the guest itself cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum GuestWritable {
+    /// Every byte the guest-memory object reports as RAM is writable by the guest and mapped
+    /// writable in the host: for a VMM without read-only guest memory.
+    AllRam,
+    /// Only these ranges (which must also be RAM of the guest-memory object).
+    Ranges(Vec<GpaRange>),
+}
+
+impl GuestWritable {
+    /// Whether `len` bytes from `gpa` lie inside guest-writable memory (within one range:
+    /// callers ask only about buffers that do not cross a page, and a VMM lists a page in one
+    /// range).
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        match self {
+            GuestWritable::AllRam => true,
+            GuestWritable::Ranges(ranges) => ranges.iter().any(|r| r.contains(gpa, len)),
+        }
+    }
+}
+
 /// Configuration of one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -243,6 +289,9 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// Resource limits.
     pub quotas: Quotas,
+    /// The guest memory the guest can write (where response buffers and doorbell blocks may
+    /// be).
+    pub guest_writable: GuestWritable,
 }
 
 impl DeviceConfig {
@@ -288,6 +337,13 @@ impl VmConfig {
             if self.vcpus[..i].iter().any(|w| w.apic_id == v.apic_id) {
                 return Err(ConfigError::DuplicateApicId(v.apic_id));
             }
+        }
+        if let GuestWritable::Ranges(ranges) = &self.guest_writable
+            && let Some(r) = ranges
+                .iter()
+                .find(|r| r.len == 0 || u128::from(r.start) + u128::from(r.len) > 1u128 << 64)
+        {
+            return Err(ConfigError::GuestWritable(*r));
         }
         for (i, d) in self.devices.iter().enumerate() {
             let earlier = &self.devices[..i];
@@ -402,6 +458,8 @@ pub enum ConfigError {
     },
     /// The host has no more VM ids.
     TooManyVms,
+    /// A guest-writable range that is empty or ends beyond 2^64.
+    GuestWritable(GpaRange),
 }
 
 impl fmt::Display for ConfigError {
@@ -452,6 +510,11 @@ impl fmt::Display for ConfigError {
                 )
             }
             Self::TooManyVms => f.write_str("no VM id left"),
+            Self::GuestWritable(r) => write!(
+                f,
+                "guest-writable range of {:#x} bytes at {:#x} is empty or wraps",
+                r.len, r.start
+            ),
         }
     }
 }
@@ -480,6 +543,7 @@ mod tests {
                 },
             }],
             quotas: Quotas::default(),
+            guest_writable: GuestWritable::AllRam,
         }
     }
 

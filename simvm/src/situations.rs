@@ -494,6 +494,7 @@ impl SituationVm {
                     irtes: 8192,
                     vectors: 8192,
                 },
+                guest_writable: vir_host::GuestWritable::AllRam,
             })
             .map_err(SituationError::HostConfig)?;
         host.borrow_mut()

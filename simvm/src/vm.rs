@@ -809,6 +809,11 @@ impl World {
                 vcpus,
                 devices: host_devices,
                 quotas: spec.quotas,
+                // The KVM model's memory is one writable slot from GPA 0.
+                guest_writable: vir_host::GuestWritable::Ranges(vec![vir_host::GpaRange {
+                    start: 0,
+                    len: spec.memory as u64,
+                }]),
             })
             .map_err(WorldError::HostConfig)?;
         if id.0 != number {
