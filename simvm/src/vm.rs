@@ -968,7 +968,29 @@ impl World {
         self.service(outcome)
     }
 
-    fn service(&mut self, outcome: FireOutcome) -> Delivery {
+    /// Masks or unmasks source `slot` of `device` (as the device's own mask bit, behind the
+    /// guest's back) and services whatever the unmask releases, as [`World::fire`] does: each
+    /// interrupt pending at the source goes through the platform and the receiving vCPU's guest
+    /// handles it. Empty when masking, or when nothing was pending.
+    pub fn set_masked(
+        &mut self,
+        device: DeviceId,
+        slot: StorageSlot,
+        masked: bool,
+    ) -> Result<Vec<Delivery>, WorldError> {
+        let released = self
+            .machine
+            .borrow_mut()
+            .set_masked(device, slot, masked)
+            .map_err(WorldError::Machine)?;
+        Ok(released.into_iter().map(|o| self.service(o)).collect())
+    }
+
+    /// Lets the receiving vCPU of `outcome` (if any) take it: posted interrupts are synced
+    /// (PIR → IRR), then everything pending in the vCPU's LAPIC is acknowledged, handled by its
+    /// guest and EOIed. For outcomes the machine returned directly ([`Machine::set_masked`],
+    /// [`Machine::inject_write`] called on [`World::machine_mut`]).
+    pub fn service(&mut self, outcome: FireOutcome) -> Delivery {
         let vcpu = match outcome {
             FireOutcome::Delivered { vcpu, .. } => Some(vcpu),
             FireOutcome::Posted(p) => {
@@ -984,8 +1006,9 @@ impl World {
         Delivery { outcome, handled }
     }
 
-    /// The vCPU acknowledges, handles and EOIs everything pending in its LAPIC.
-    fn drain(&mut self, vcpu: VcpuRef) -> Vec<Handled> {
+    /// vCPU `vcpu` acknowledges, handles (through its guest, when the world drives its VM) and
+    /// EOIs everything pending in its LAPIC, at most every vector once.
+    pub fn drain(&mut self, vcpu: VcpuRef) -> Vec<Handled> {
         let index = self.vms.iter().position(|v| v.platform_id() == vcpu.vm);
         let mut handled = Vec::new();
         // At most every vector once: the loop is bounded whatever the LAPIC holds.
