@@ -135,6 +135,10 @@ pub const UNCHECKED: &[(&str, &str)] = &[
         "VIR-SEC-H-006",
         "needs a device whose requester id is shared with another VM or the host; such a fixture is a host configuration the reference host refuses at VM creation",
     ),
+    (
+        "VIR-SEC-H-013",
+        "is about VM creation by the VMM, which the transport does not reach",
+    ),
 ];
 
 /// The reason a requirement has no check (`None` if it is not listed in [`UNCHECKED`]).

@@ -144,10 +144,12 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
     }
 
     /// Create a VM, after the cross-VM checks of [`crate::config::admit`]: no requester id
-    /// accepted by the IRTEs of two VMs' devices (VIR-SEC-H-006).
+    /// accepted by the IRTEs of two VMs' devices (VIR-SEC-H-006), quotas that fit what the
+    /// other VMs' quotas leave (VIR-SEC-H-013).
     pub fn add_vm(&mut self, config: VmConfig) -> Result<VmId, ConfigError> {
         config.validate()?;
-        crate::config::admit(&config, self.vms.values().map(|v| &v.config))?;
+        let existing = self.vms.values().map(|v| &v.config);
+        crate::config::admit(&config, existing, &self.config, self.table.size())?;
         let id = VmId(self.next_vm);
         self.next_vm = self.next_vm.checked_add(1).ok_or(ConfigError::TooManyVms)?;
         self.vms.insert(id, Vm::new(id, config));

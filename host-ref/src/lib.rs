@@ -87,8 +87,8 @@ pub use backend::{
 };
 pub use calls::{MAX_VERSION, MIN_VERSION};
 pub use config::{
-    ConfigError, DeviceConfig, GpaRange, GuestWritable, HostConfig, IrMode, Quotas,
-    RequesterIdRange, SourceValidation, StorageSizes, VcpuConfig, VmConfig,
+    ConfigError, DeviceConfig, GpaRange, GuestWritable, HostConfig, IrMode, QuotaAdmission,
+    QuotaResource, Quotas, RequesterIdRange, SourceValidation, StorageSizes, VcpuConfig, VmConfig,
 };
 pub use counters::{Binding, Counters};
 pub use host::{DoorbellIgnored, Host, HostError, PioOutcome, X86Regs};
