@@ -890,6 +890,17 @@ impl World {
         self.machine.borrow_mut()
     }
 
+    /// The shared machine itself, for a VMM building its own backends, transports or storage
+    /// over the same machine (borrows follow the rule of the module documentation).
+    pub fn shared_machine(&self) -> SharedMachine {
+        Rc::clone(&self.machine)
+    }
+
+    /// The shared host itself (likewise).
+    pub fn shared_host(&self) -> SharedHost {
+        Rc::clone(&self.host)
+    }
+
     /// The host (drop the borrow before driving a guest).
     pub fn host(&self) -> Ref<'_, SimHost> {
         self.host.borrow()

@@ -51,3 +51,20 @@ fn interrupt_released_by_unmask_reaches_the_guest() {
         assert!(w.drain(vcpu).is_empty());
     }
 }
+
+#[test]
+fn world_shares_its_machine_and_host() {
+    let w = WorldBuilder::new()
+        .vm(VmSpec::new(vec![0]).with_device(DeviceSpec::new("nic", NIC, 0x8100).with_msix(1)))
+        .build()
+        .unwrap();
+    let m = w.shared_machine();
+    let h = w.shared_host();
+    assert!(std::rc::Rc::ptr_eq(&m, &w.shared_machine()));
+    assert_eq!(
+        m.borrow().iommu().remapping_enabled(),
+        w.machine().iommu().remapping_enabled()
+    );
+    let id = w.vm(0).unwrap().id();
+    assert_eq!(h.borrow().vm_ids().collect::<Vec<_>>(), [id]);
+}
