@@ -227,6 +227,21 @@ struct VmSpec {
     config: VmConfig,
 }
 
+/// What the guest can write, as a VMM tells the host: the RAM without the ROM page.
+fn guest_writable() -> vir_host::GuestWritable {
+    let [(low, low_len), (high, _)] = RAM;
+    vir_host::GuestWritable::Ranges(vec![
+        vir_host::GpaRange {
+            start: low,
+            len: low_len as u64,
+        },
+        vir_host::GpaRange {
+            start: high,
+            len: ROM - high,
+        },
+    ])
+}
+
 fn primary_spec() -> VmSpec {
     let vcpus = [0u32, 2, 5, 8]
         .iter()
@@ -270,6 +285,7 @@ fn primary_spec() -> VmSpec {
                 irtes: 64,
                 vectors: 8,
             },
+            guest_writable: guest_writable(),
         },
     }
 }
@@ -301,6 +317,7 @@ fn secondary_spec() -> VmSpec {
                 irtes: 96,
                 vectors: 8,
             },
+            guest_writable: guest_writable(),
         },
     }
 }

@@ -186,6 +186,7 @@ pub fn vm_config(vm: usize) -> VmConfig {
             },
         ],
         quotas: QUOTAS,
+        guest_writable: vir_host::GuestWritable::AllRam,
     }
 }
 

@@ -237,7 +237,7 @@ fn allocate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     if vm.slots.contains_key(&key) {
         return Err(Status::INDEX_IN_USE);
     }
-    // 8. VIR-ALC-H-008 (a VM whose handle slots are all live or retired is over quota too).
+    // 8. VIR-ALC-H-008 (a VM whose 65535 handle slots are all live is over quota too).
     let within_quota = vm
         .irtes_used
         .checked_add(count)

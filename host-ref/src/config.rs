@@ -48,6 +48,31 @@ pub struct HostConfig {
     /// Base port of the doorbell binding (claims [`DOORBELL_PORT_COUNT`] ports), `None` for no
     /// doorbell.
     pub doorbell_port: Option<u16>,
+    /// Whether VMs' quotas are reserved at VM creation (VIR-SEC-H-013).
+    pub quota_admission: QuotaAdmission,
+    /// Host vectors each physical CPU can give to the VMs' vIR interrupts, when the VMM knows
+    /// it: with [`QuotaAdmission::Reserve`] the vector quotas of the VMs with a vCPU on a
+    /// physical CPU must fit in it. `None`: vector quotas are not admitted against the CPUs.
+    pub vectors_per_pcpu: Option<u32>,
+}
+
+/// How a host admits VMs' quotas against the resources they share (VIR-SEC-H-013).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum QuotaAdmission {
+    /// Each VM's quotas are reserved when it is created, and a VM whose quotas do not fit in
+    /// what the other VMs' quotas leave is refused ([`ConfigError::QuotaOvercommit`]): the IRTE
+    /// quotas of all VMs fit in the remapping table, and (with
+    /// [`HostConfig::vectors_per_pcpu`]) the vector quotas of the VMs with a vCPU on a physical
+    /// CPU fit in its vectors. No VM can then take, within its quota, what another VM's quota
+    /// promises.
+    Reserve,
+    /// Quotas are limits only and may add up to more than the table or the vectors: one VM can
+    /// exhaust what others' quotas promise (TABLE_FULL, VECTORS_EXHAUSTED for them). The
+    /// default for now, so that existing configurations (whose default [`Quotas`] equal a
+    /// 256-entry table) keep working; a host that wants the guarantee of VIR-SEC-H-013 sets
+    /// [`QuotaAdmission::Reserve`].
+    #[default]
+    Overcommit,
 }
 
 impl HostConfig {
@@ -105,7 +130,8 @@ impl HostConfig {
 
 impl Default for HostConfig {
     /// IR on, compatibility format blocked, posted mode, x2APIC, every v1 feature, MSI blocks up
-    /// to 32, CPUID base `0x4000_0100`, `VMCALL` and a doorbell at port `0x5650`.
+    /// to 32, CPUID base `0x4000_0100`, `VMCALL` and a doorbell at port `0x5650`, quotas
+    /// over-committed, vectors per physical CPU unknown.
     fn default() -> Self {
         HostConfig {
             physical_ir_enabled: true,
@@ -117,6 +143,8 @@ impl Default for HostConfig {
             cpuid_base: Self::DEFAULT_CPUID_BASE,
             register_bindings: binding::VMCALL,
             doorbell_port: Some(Self::DEFAULT_DOORBELL_PORT),
+            quota_admission: QuotaAdmission::Overcommit,
+            vectors_per_pcpu: None,
         }
     }
 }
@@ -131,7 +159,8 @@ pub struct Quotas {
 }
 
 impl Default for Quotas {
-    /// 256 entries and 256 vectors.
+    /// 256 entries and 256 vectors (with [`QuotaAdmission::Reserve`], a table of 256 entries
+    /// admits one such VM only).
     fn default() -> Self {
         Quotas {
             irtes: 256,
@@ -168,6 +197,41 @@ pub enum SourceValidation {
     },
 }
 
+impl SourceValidation {
+    /// The requester ids an IRTE with this source check accepts, for a device whose own
+    /// requester id is `requester_id`: an inclusive range (SVT = 1 with SQ = 0 accepts exactly
+    /// the device's id; SVT = 2 accepts every device, function and bus of the bus range).
+    pub fn accepted_requester_ids(&self, requester_id: u16) -> RequesterIdRange {
+        match *self {
+            SourceValidation::RequesterId => RequesterIdRange {
+                first: requester_id,
+                last: requester_id,
+            },
+            SourceValidation::BusRange { start_bus, end_bus } => RequesterIdRange {
+                first: u16::from(start_bus) << 8,
+                last: (u16::from(end_bus) << 8) | 0xff,
+            },
+        }
+    }
+}
+
+/// An inclusive range of 16-bit requester ids (bus:dev.fn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequesterIdRange {
+    /// The lowest requester id of the range.
+    pub first: u16,
+    /// The highest requester id of the range (at least [`RequesterIdRange::first`]).
+    pub last: u16,
+}
+
+impl RequesterIdRange {
+    /// The lowest requester id both ranges contain, if they share any.
+    pub fn first_shared(&self, other: &RequesterIdRange) -> Option<u16> {
+        let first = self.first.max(other.first);
+        (first <= self.last.min(other.last)).then_some(first)
+    }
+}
+
 /// The interrupt storage a device has, by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct StorageSizes {
@@ -199,6 +263,52 @@ pub struct DeviceConfig {
     pub storage: StorageSizes,
 }
 
+/// A range of guest-physical addresses: `len` bytes from `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GpaRange {
+    /// First address.
+    pub start: u64,
+    /// Length in bytes (not 0; `start + len` at most 2^64).
+    pub len: u64,
+}
+
+impl GpaRange {
+    /// Whether `len` bytes from `gpa` lie inside the range (128-bit arithmetic: a range or a
+    /// buffer may end exactly at 2^64).
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        let end = u128::from(self.start) + u128::from(self.len);
+        gpa >= self.start && u128::from(gpa) + u128::from(len) <= end
+    }
+}
+
+/// Which guest memory the guest may write, as the VMM maps it (VIR-MEM-H-006).
+///
+/// The host writes a response buffer or a doorbell block only inside this memory. It does not
+/// rely on the guest-memory object for that: rust-vmm's `GuestMemoryMmap` ignores the
+/// permission passed to `check_range`, so memory the VMM maps read-only (a ROM, a read-only
+/// memslot) passes as writable and the host's write faults — or, where the host mapping is
+/// writable, writes memory the guest itself cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum GuestWritable {
+    /// Every byte the guest-memory object reports as RAM is writable by the guest and mapped
+    /// writable in the host: for a VMM without read-only guest memory.
+    AllRam,
+    /// Only these ranges (which must also be RAM of the guest-memory object).
+    Ranges(Vec<GpaRange>),
+}
+
+impl GuestWritable {
+    /// Whether `len` bytes from `gpa` lie inside guest-writable memory (within one range:
+    /// callers ask only about buffers that do not cross a page, and a VMM lists a page in one
+    /// range).
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        match self {
+            GuestWritable::AllRam => true,
+            GuestWritable::Ranges(ranges) => ranges.iter().any(|r| r.contains(gpa, len)),
+        }
+    }
+}
+
 /// Configuration of one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -208,9 +318,36 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// Resource limits.
     pub quotas: Quotas,
+    /// The guest memory the guest can write (where response buffers and doorbell blocks may
+    /// be).
+    pub guest_writable: GuestWritable,
+}
+
+impl DeviceConfig {
+    /// Every requester id the IRTEs of this device accept (VIR-SEC-H-006).
+    pub fn accepted_requester_ids(&self) -> RequesterIdRange {
+        self.source_validation
+            .accepted_requester_ids(self.requester_id)
+    }
 }
 
 impl VmConfig {
+    /// The lowest requester id that the IRTEs of a device of this VM and those of a device of
+    /// `other` would both accept (exact requester ids, bus ranges), if any. Two VMs sharing
+    /// one would let a device of one deliver through the other's IRTEs (VIR-SEC-H-006), so the
+    /// host admits a VM only if this is `None` against every VM it already has, whatever the
+    /// order in which they are created.
+    pub fn shared_requester_id(&self, other: &VmConfig) -> Option<u16> {
+        self.devices
+            .iter()
+            .flat_map(|a| other.devices.iter().map(move |b| (a, b)))
+            .filter_map(|(a, b)| {
+                a.accepted_requester_ids()
+                    .first_shared(&b.accepted_requester_ids())
+            })
+            .min()
+    }
+
     /// Check the VM's own configuration (cross-VM checks are done by the host).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus.is_empty() {
@@ -229,6 +366,13 @@ impl VmConfig {
             if self.vcpus[..i].iter().any(|w| w.apic_id == v.apic_id) {
                 return Err(ConfigError::DuplicateApicId(v.apic_id));
             }
+        }
+        if let GuestWritable::Ranges(ranges) = &self.guest_writable
+            && let Some(r) = ranges
+                .iter()
+                .find(|r| r.len == 0 || u128::from(r.start) + u128::from(r.len) > 1u128 << 64)
+        {
+            return Err(ConfigError::GuestWritable(*r));
         }
         for (i, d) in self.devices.iter().enumerate() {
             let earlier = &self.devices[..i];
@@ -261,6 +405,79 @@ impl VmConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// The cross-VM checks a host with configuration `host` and a remapping table of `table_size`
+/// entries makes before it admits VM `config` next to the VMs configured as `existing`:
+///
+/// * no requester id may be accepted by the IRTEs of a device of `config` and of a device of an
+///   existing VM (VIR-SEC-H-006); the check is symmetric, so the order in which VMs are created
+///   does not matter;
+/// * with [`QuotaAdmission::Reserve`] (VIR-SEC-H-013), the IRTE quotas of all VMs must add up to
+///   at most `table_size`, and, when [`HostConfig::vectors_per_pcpu`] is known, the vector
+///   quotas of the VMs with a vCPU on each physical CPU of `config` to at most that number.
+pub fn admit<'a>(
+    config: &VmConfig,
+    existing: impl IntoIterator<Item = &'a VmConfig>,
+    host: &HostConfig,
+    table_size: u32,
+) -> Result<(), ConfigError> {
+    let existing: Vec<&VmConfig> = existing.into_iter().collect();
+    for other in &existing {
+        if let Some(rid) = config.shared_requester_id(other) {
+            return Err(ConfigError::RequesterIdInUse(rid));
+        }
+    }
+    if host.quota_admission == QuotaAdmission::Overcommit {
+        return Ok(());
+    }
+    let all: Vec<&VmConfig> = existing.iter().copied().chain([config]).collect();
+    let irtes: u64 = all.iter().map(|c| u64::from(c.quotas.irtes)).sum();
+    if irtes > u64::from(table_size) {
+        return Err(ConfigError::QuotaOvercommit {
+            resource: QuotaResource::Irtes,
+            reserved: irtes,
+            available: table_size,
+        });
+    }
+    if let Some(per_cpu) = host.vectors_per_pcpu {
+        for pcpu in config.vcpus.iter().map(|v| v.pcpu) {
+            let vectors: u64 = all
+                .iter()
+                .filter(|c| c.vcpus.iter().any(|v| v.pcpu == pcpu))
+                .map(|c| u64::from(c.quotas.vectors))
+                .sum();
+            if vectors > u64::from(per_cpu) {
+                return Err(ConfigError::QuotaOvercommit {
+                    resource: QuotaResource::Vectors { pcpu },
+                    reserved: vectors,
+                    available: per_cpu,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A resource that VMs' quotas are reserved from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuotaResource {
+    /// Entries of the remapping table.
+    Irtes,
+    /// Host vectors of one physical CPU.
+    Vectors {
+        /// The physical CPU (as in [`VcpuConfig::pcpu`]).
+        pcpu: u32,
+    },
+}
+
+impl fmt::Display for QuotaResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Irtes => f.write_str("remapping-table entries"),
+            Self::Vectors { pcpu } => write!(f, "host vectors of physical CPU {pcpu}"),
+        }
     }
 }
 
@@ -297,7 +514,10 @@ pub enum ConfigError {
     DuplicateApicId(u32),
     /// Two devices of a VM with the same guest-visible id.
     DuplicateDeviceId(u32),
-    /// A physical requester id already assigned (to this or another VM).
+    /// A physical requester id already assigned (to this or another VM), or one that the
+    /// IRTEs of a device of this VM would accept while those of another VM's device accept it
+    /// too (an exact requester id inside a bus range, two overlapping bus ranges); the lowest
+    /// such id.
     RequesterIdInUse(u16),
     /// MSI vector count not 0 or a power of two up to 32.
     MsiVectors {
@@ -324,6 +544,18 @@ pub enum ConfigError {
     },
     /// The host has no more VM ids.
     TooManyVms,
+    /// A guest-writable range that is empty or ends beyond 2^64.
+    GuestWritable(GpaRange),
+    /// With [`QuotaAdmission::Reserve`]: the quotas of the VMs, this one included, would need
+    /// more of a shared resource than there is.
+    QuotaOvercommit {
+        /// The resource.
+        resource: QuotaResource,
+        /// What the quotas would reserve.
+        reserved: u64,
+        /// What there is.
+        available: u32,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -374,6 +606,19 @@ impl fmt::Display for ConfigError {
                 )
             }
             Self::TooManyVms => f.write_str("no VM id left"),
+            Self::QuotaOvercommit {
+                resource,
+                reserved,
+                available,
+            } => write!(
+                f,
+                "quotas would reserve {reserved} {resource}, {available} available"
+            ),
+            Self::GuestWritable(r) => write!(
+                f,
+                "guest-writable range of {:#x} bytes at {:#x} is empty or wraps",
+                r.len, r.start
+            ),
         }
     }
 }
@@ -402,6 +647,7 @@ mod tests {
                 },
             }],
             quotas: Quotas::default(),
+            guest_writable: GuestWritable::AllRam,
         }
     }
 
@@ -555,5 +801,177 @@ mod tests {
                 end_bus: 2
             })
         );
+    }
+
+    fn with_device(rid: u16, sv: SourceValidation) -> VmConfig {
+        let mut c = vm();
+        c.devices[0].requester_id = rid;
+        c.devices[0].source_validation = sv;
+        c
+    }
+
+    fn admit_rids<'a>(
+        c: &VmConfig,
+        existing: impl IntoIterator<Item = &'a VmConfig>,
+    ) -> Result<(), ConfigError> {
+        admit(c, existing, &HostConfig::default(), 0x1_0000)
+    }
+
+    fn bus(start_bus: u8, end_bus: u8) -> SourceValidation {
+        SourceValidation::BusRange { start_bus, end_bus }
+    }
+
+    #[test]
+    fn vir_sec_h_006_admission_rejects_any_shared_requester_id_in_either_order() {
+        // VIR-SEC-H-006
+        let exact = SourceValidation::RequesterId;
+        // (first VM, second VM, lowest id both accept)
+        let overlapping = [
+            ((0x0100, exact), (0x0100, exact), 0x0100),
+            ((0x0100, bus(0, 0xff)), (0x0200, exact), 0x0200),
+            ((0x0100, bus(1, 1)), (0x01ff, exact), 0x01ff),
+            ((0x0300, bus(3, 5)), (0x0500, bus(5, 9)), 0x0500),
+            ((0x0300, bus(0, 0xff)), (0x0000, exact), 0x0000),
+            ((0xff00, bus(0xff, 0xff)), (0xffff, exact), 0xffff),
+        ];
+        for ((ra, sa), (rb, sb), shared) in overlapping {
+            let a = with_device(ra, sa);
+            let b = with_device(rb, sb);
+            assert_eq!(a.shared_requester_id(&b), Some(shared), "{sa:?} {sb:?}");
+            assert_eq!(b.shared_requester_id(&a), Some(shared), "{sb:?} {sa:?}");
+            assert_eq!(
+                admit_rids(&b, [&a]),
+                Err(ConfigError::RequesterIdInUse(shared))
+            );
+            assert_eq!(
+                admit_rids(&a, [&b]),
+                Err(ConfigError::RequesterIdInUse(shared))
+            );
+        }
+        let disjoint = [
+            ((0x0100, exact), (0x0101, exact)),
+            ((0x0100, bus(1, 1)), (0x0200, exact)),
+            ((0x0100, bus(1, 1)), (0x00ff, exact)),
+            ((0x0300, bus(3, 5)), (0x0600, bus(6, 9))),
+        ];
+        for ((ra, sa), (rb, sb)) in disjoint {
+            let a = with_device(ra, sa);
+            let b = with_device(rb, sb);
+            assert_eq!(a.shared_requester_id(&b), None, "{sa:?} {sb:?}");
+            assert_eq!(admit_rids(&b, [&a]), Ok(()));
+            assert_eq!(admit_rids(&a, [&b]), Ok(()));
+        }
+        // A VM without devices shares nothing; the check runs against every existing VM.
+        let none = VmConfig {
+            devices: Vec::new(),
+            ..vm()
+        };
+        let a = with_device(0x0100, bus(0, 0xff));
+        assert_eq!(admit_rids(&none, [&a]), Ok(()));
+        let b = with_device(0x0700, exact);
+        let c = with_device(0x0800, exact);
+        assert_eq!(
+            admit_rids(&a, [&none, &c, &b]),
+            Err(ConfigError::RequesterIdInUse(0x0800))
+        );
+    }
+
+    fn on_pcpus(quotas: Quotas, pcpus: &[u32]) -> VmConfig {
+        VmConfig {
+            vcpus: pcpus
+                .iter()
+                .enumerate()
+                .map(|(i, &pcpu)| VcpuConfig {
+                    apic_id: i as u32,
+                    pda: 0x1000 * (i as u64 + 1),
+                    pcpu,
+                })
+                .collect(),
+            devices: Vec::new(),
+            quotas,
+            guest_writable: GuestWritable::AllRam,
+        }
+    }
+
+    #[test]
+    fn vir_sec_h_013_reserve_admits_only_quotas_that_fit_the_table_and_the_cpus() {
+        // VIR-SEC-H-013
+        let reserve = HostConfig {
+            quota_admission: QuotaAdmission::Reserve,
+            vectors_per_pcpu: Some(100),
+            ..HostConfig::default()
+        };
+        let q = |irtes, vectors| Quotas { irtes, vectors };
+        let a = on_pcpus(q(600, 60), &[0, 1]);
+        let b = on_pcpus(q(400, 40), &[1, 2]);
+        // 600 + 400 entries fit a table of 1000, not of 999.
+        assert_eq!(admit(&b, [&a], &reserve, 1000), Ok(()));
+        assert_eq!(
+            admit(&b, [&a], &reserve, 999),
+            Err(ConfigError::QuotaOvercommit {
+                resource: QuotaResource::Irtes,
+                reserved: 1000,
+                available: 999
+            })
+        );
+        // CPU 1 carries both VMs: 60 + 40 vectors fit 100; one more does not, in either order.
+        let b41 = on_pcpus(q(400, 41), &[1, 2]);
+        let cpu1 = Err(ConfigError::QuotaOvercommit {
+            resource: QuotaResource::Vectors { pcpu: 1 },
+            reserved: 101,
+            available: 100,
+        });
+        assert_eq!(admit(&b41, [&a], &reserve, 1000), cpu1);
+        assert_eq!(admit(&a, [&b41], &reserve, 1000), cpu1);
+        // On disjoint CPUs each VM has its CPUs' vectors to itself.
+        let c = on_pcpus(q(0, 100), &[3]);
+        assert_eq!(admit(&c, [&a, &b], &reserve, 1000), Ok(()));
+        // Without a known vector budget only the table is reserved.
+        let table_only = HostConfig {
+            vectors_per_pcpu: None,
+            ..reserve.clone()
+        };
+        assert_eq!(admit(&b41, [&a], &table_only, 1000), Ok(()));
+        // The default over-commits: limits only.
+        assert_eq!(
+            HostConfig::default().quota_admission,
+            QuotaAdmission::Overcommit
+        );
+        assert_eq!(admit(&b41, [&a], &HostConfig::default(), 1), Ok(()));
+    }
+
+    #[test]
+    fn vir_sec_h_013_host_refuses_a_vm_whose_quota_is_not_left() {
+        // VIR-SEC-H-013
+        let config = HostConfig {
+            quota_admission: QuotaAdmission::Reserve,
+            vectors_per_pcpu: Some(200),
+            ..HostConfig::default()
+        };
+        let (mut host, _journal) = crate::testing::mock_host(config, 512, 4, 200).unwrap();
+        let q = |irtes, vectors| Quotas { irtes, vectors };
+        let a = host.add_vm(on_pcpus(q(256, 100), &[0, 1])).unwrap();
+        host.add_vm(on_pcpus(q(256, 100), &[1])).unwrap();
+        let ids: Vec<_> = host.vm_ids().collect();
+        assert_eq!(
+            host.add_vm(on_pcpus(q(1, 0), &[2])),
+            Err(ConfigError::QuotaOvercommit {
+                resource: QuotaResource::Irtes,
+                reserved: 513,
+                available: 512
+            })
+        );
+        assert_eq!(host.vm_ids().collect::<Vec<_>>(), ids, "nothing created");
+        // Removing a VM gives its reservation back.
+        host.remove_vm(a).unwrap();
+        assert_eq!(
+            host.add_vm(on_pcpus(q(256, 101), &[1])),
+            Err(ConfigError::QuotaOvercommit {
+                resource: QuotaResource::Vectors { pcpu: 1 },
+                reserved: 201,
+                available: 200
+            })
+        );
+        host.add_vm(on_pcpus(q(256, 100), &[1])).unwrap();
     }
 }

@@ -82,6 +82,7 @@ pub fn vm_config(quotas: Quotas) -> VmConfig {
             },
         ],
         quotas,
+        guest_writable: crate::config::GuestWritable::AllRam,
     }
 }
 

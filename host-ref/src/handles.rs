@@ -3,9 +3,12 @@
 //! A handle is `generation << 16 | (slot + 1)`: bits 15:0 select one of at most 65535 slots
 //! (never 0, so the handle is never [`HANDLE_INVALID`](vir_abi::wire::HANDLE_INVALID)), bits
 //! 31:16 hold the slot's generation. Freeing an allocation bumps its slot's generation, so the
-//! freed handle never names a live allocation again. A slot whose generation would wrap is
-//! retired for good. Handles are looked up only in the calling VM's table, so another VM's
-//! handle names nothing here, whatever its value.
+//! freed handle names nothing until the slot has issued 65535 other handles. The generation
+//! wraps from `0xffff` to 0: a value is issued again only after every other generation of its
+//! slot has been (VIR-ALC-H-010 asks for at least 65535 other handles in between), so no slot is
+//! ever lost, and a VM that has allocated and freed billions of times holds exactly the slots a
+//! new VM has. Handles are looked up only in the calling VM's table, so another VM's handle names
+//! nothing here, whatever its value.
 
 /// Most slots a VM's table holds (slot numbers 1..=65535 in handle bits 15:0).
 pub const MAX_SLOTS: usize = 0xffff;
@@ -15,8 +18,6 @@ pub const MAX_SLOTS: usize = 0xffff;
 pub struct HandleSlot<T> {
     /// Generation of the handle currently (or next) issued from this slot.
     pub generation: u16,
-    /// The slot's generations are used up; it is never issued again.
-    pub retired: bool,
     /// The live value, if any.
     pub value: Option<T>,
 }
@@ -26,6 +27,9 @@ pub struct HandleSlot<T> {
 pub struct HandleTable<T> {
     slots: Vec<HandleSlot<T>>,
     live: usize,
+    /// The lowest slot without a value (`slots.len()` when every slot has one): a function of
+    /// `slots`, kept so that finding a free slot does not rescan the live ones.
+    lowest_free: usize,
 }
 
 impl<T> Default for HandleTable<T> {
@@ -33,6 +37,7 @@ impl<T> Default for HandleTable<T> {
         HandleTable {
             slots: Vec::new(),
             live: 0,
+            lowest_free: 0,
         }
     }
 }
@@ -47,16 +52,9 @@ impl<T> HandleTable<T> {
         Self::default()
     }
 
-    /// The slot a new value would take: the lowest empty, not retired slot, or a new one.
+    /// The slot a new value would take: the lowest empty slot, or a new one.
     fn free_slot(&self) -> Option<usize> {
-        if let Some(i) = self
-            .slots
-            .iter()
-            .position(|s| s.value.is_none() && !s.retired)
-        {
-            return Some(i);
-        }
-        (self.slots.len() < MAX_SLOTS).then_some(self.slots.len())
+        (self.lowest_free < MAX_SLOTS).then_some(self.lowest_free)
     }
 
     /// Whether [`HandleTable::insert`] would succeed.
@@ -70,8 +68,8 @@ impl<T> HandleTable<T> {
         Some(encode(i, self.slots.get(i).map_or(0, |s| s.generation)))
     }
 
-    /// Store `value` under a fresh handle; gives the value back when every slot is live or
-    /// retired.
+    /// Store `value` under a fresh handle; gives the value back when all [`MAX_SLOTS`] slots are
+    /// live.
     pub fn insert(&mut self, value: T) -> Result<u32, T> {
         let Some(i) = self.free_slot() else {
             return Err(value);
@@ -79,14 +77,20 @@ impl<T> HandleTable<T> {
         if i == self.slots.len() {
             self.slots.push(HandleSlot {
                 generation: 0,
-                retired: false,
                 value: None,
             });
         }
         let slot = &mut self.slots[i];
         slot.value = Some(value);
+        let handle = encode(i, slot.generation);
         self.live += 1;
-        Ok(encode(i, slot.generation))
+        self.lowest_free = self
+            .slots
+            .iter()
+            .skip(i + 1)
+            .position(|s| s.value.is_none())
+            .map_or(self.slots.len(), |k| i + 1 + k);
+        Ok(handle)
     }
 
     fn index(&self, handle: u32) -> Option<usize> {
@@ -114,11 +118,9 @@ impl<T> HandleTable<T> {
         let i = self.index(handle)?;
         let slot = &mut self.slots[i];
         let value = slot.value.take();
-        match slot.generation.checked_add(1) {
-            Some(g) => slot.generation = g,
-            None => slot.retired = true,
-        }
+        slot.generation = slot.generation.wrapping_add(1);
         self.live -= 1;
+        self.lowest_free = self.lowest_free.min(i);
         value
     }
 
@@ -152,6 +154,25 @@ impl<T> HandleTable<T> {
     /// Every slot, for snapshots.
     pub fn slots(&self) -> &[HandleSlot<T>] {
         &self.slots
+    }
+}
+
+#[cfg(test)]
+impl<T> HandleTable<T> {
+    /// A table of `slots` empty slots, each at `generation`: the state of a table whose every
+    /// slot has been used and freed `generation` times (about 2^32 allocations for
+    /// `MAX_SLOTS` slots at `0xffff`), without making them.
+    pub(crate) fn aged(slots: usize, generation: u16) -> Self {
+        HandleTable {
+            slots: (0..slots)
+                .map(|_| HandleSlot {
+                    generation,
+                    value: None,
+                })
+                .collect(),
+            live: 0,
+            lowest_free: 0,
+        }
     }
 }
 
@@ -199,21 +220,56 @@ mod tests {
     }
 
     #[test]
-    fn slot_retired_when_generation_would_wrap() {
+    fn vir_alc_h_010_generation_wraps_and_a_value_returns_only_after_65535_others() {
+        // VIR-ALC-H-010
         let mut t = HandleTable::new();
-        let mut h = t.insert(0u8).unwrap();
+        let first = t.insert(0u8).unwrap();
+        let mut h = first;
+        let mut issued_since = 0u32;
         for _ in 0..0xffff {
             assert_eq!(t.remove(h), Some(0));
             h = t.insert(0u8).unwrap();
+            issued_since += 1;
+            assert_ne!(h, first, "reissued after only {issued_since} others");
             assert_eq!(h & 0xffff, 1);
         }
         assert_eq!(h, 0xffff_0001);
         assert_eq!(t.remove(h), Some(0));
-        assert!(t.slots()[0].retired);
-        let next = t.insert(1u8).unwrap();
-        assert_eq!(next, 0x0000_0002, "retired slot 1 is skipped");
-        for old in [0x0000_0001, 0xffff_0001] {
-            assert_eq!(t.get(old), None);
+        // The slot is not lost: it wraps to generation 0, 65535 handles after `first`.
+        let again = t.insert(1u8).unwrap();
+        assert_eq!(again, first);
+        assert!(issued_since >= 0xffff);
+        assert_eq!(t.get(0xffff_0001), None);
+        assert_eq!(t.get(again), Some(&1));
+    }
+
+    #[test]
+    fn vir_alc_h_013_vir_rst_h_003_aged_table_holds_as_many_as_a_new_one() {
+        // VIR-ALC-H-013
+        // Every slot used, freed and aged to its last generation: as after 2^32 allocations.
+        let mut t = HandleTable::new();
+        for i in 0..MAX_SLOTS {
+            t.insert(i).unwrap();
+        }
+        t.drain();
+        for s in &mut t.slots {
+            s.generation = 0xffff;
+        }
+        let stale: Vec<u32> = (0..MAX_SLOTS).map(|i| encode(i, 0xffff)).collect();
+        let fresh = HandleTable::<usize>::new();
+        assert!(fresh.can_insert());
+        for i in 0..MAX_SLOTS {
+            assert!(t.can_insert(), "slot {i}");
+            let h = t.insert(i).unwrap();
+            assert_eq!(h, encode(i, 0xffff));
+        }
+        assert!(!t.can_insert());
+        assert_eq!(t.len(), MAX_SLOTS);
+        t.drain();
+        // Generation 0xffff was issued; the next round wraps to 0 in every slot.
+        assert_eq!(t.next_handle(), Some(1));
+        for h in stale {
+            assert_eq!(t.get(h), None);
         }
     }
 
@@ -231,5 +287,36 @@ mod tests {
         assert_eq!(drained[0], (1, 0));
         assert!(t.is_empty());
         assert_eq!(t.next_handle(), Some(0x0001_0001));
+    }
+
+    #[test]
+    fn vir_alc_h_013_vir_rst_h_003_an_aged_vm_allocates_after_reset_as_a_new_one() {
+        // VIR-ALC-H-013, VIR-RST-H-003
+        use crate::fixture::{DEV, Fx};
+        use vir_abi::feature::Features;
+        use vir_abi::wire::StorageKind;
+        let mut fx = Fx::negotiated();
+        let fresh_quota = fx.g.query_quota(&mut fx.host, &fx.mem).unwrap();
+        // Every handle value of every slot used once: about 4.3e9 allocations and frees.
+        fx.host.vm_mut(fx.vm).unwrap().allocations = HandleTable::aged(MAX_SLOTS, 0xffff);
+        for round in 0..3 {
+            let handles: Vec<u32> = (0..16)
+                .map(|i| fx.alloc(DEV, StorageKind::MSIX, 0, i))
+                .collect();
+            let generation = [0xffff, 0, 1][round];
+            assert_eq!(handles[0], encode(0, generation), "round {round}");
+            for &h in &handles {
+                fx.g.free(&mut fx.host, &fx.mem, h).unwrap();
+            }
+            // A fresh VM's capacity: quota free, every slot issuable.
+            let q = fx.g.query_quota(&mut fx.host, &fx.mem).unwrap();
+            assert_eq!(q, fresh_quota, "round {round}");
+            assert!(fx.host.vm(fx.vm).unwrap().allocations.can_insert());
+            match round {
+                0 => fx.g.reset(&mut fx.host, &fx.mem).unwrap(),
+                _ => fx.host.reset_vm(fx.vm).unwrap(),
+            }
+            fx.negotiate(Features::V1_DEFINED);
+        }
     }
 }

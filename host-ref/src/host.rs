@@ -11,7 +11,7 @@ use vir_abi::call::{
 use vir_abi::discovery::{InfoLeaf, signature_regs};
 use vir_abi::status::Status;
 use vir_abi::wire::{DoorbellBlock, call_layout};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use zerocopy::FromBytes;
 
 use crate::backend::{IrteTable, PhysicalIrqs, VirtualRouting, VmId};
@@ -76,7 +76,8 @@ pub enum DoorbellIgnored {
     Misaligned(u64),
     /// The block (at the carried GPA) crosses a 4 KiB page.
     CrossesPage(u64),
-    /// The block (at the carried GPA) is not backed by guest RAM.
+    /// The block (at the carried GPA) is not backed by guest RAM, or not by memory the guest
+    /// can write ([`crate::config::GuestWritable`]).
     Unbacked(u64),
     /// A write to a claimed port offset (carried) that is neither the low nor the high half.
     BadPortOffset(u16),
@@ -142,20 +143,13 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
         self.config.vir_available()
     }
 
-    /// Create a VM. Its devices' requester ids must not be assigned to another VM.
+    /// Create a VM, after the cross-VM checks of [`crate::config::admit`]: no requester id
+    /// accepted by the IRTEs of two VMs' devices (VIR-SEC-H-006), quotas that fit what the
+    /// other VMs' quotas leave (VIR-SEC-H-013).
     pub fn add_vm(&mut self, config: VmConfig) -> Result<VmId, ConfigError> {
         config.validate()?;
-        for d in &config.devices {
-            let taken = self.vms.values().any(|vm| {
-                vm.config
-                    .devices
-                    .iter()
-                    .any(|o| o.requester_id == d.requester_id)
-            });
-            if taken {
-                return Err(ConfigError::RequesterIdInUse(d.requester_id));
-            }
-        }
+        let existing = self.vms.values().map(|v| &v.config);
+        crate::config::admit(&config, existing, &self.config, self.table.size())?;
         let id = VmId(self.next_vm);
         self.next_vm = self.next_vm.checked_add(1).ok_or(ConfigError::TooManyVms)?;
         self.vms.insert(id, Vm::new(id, config));
@@ -302,8 +296,9 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
                 if memory::write_response(mem, resp, response.bytes()) {
                     Status::SUCCESS
                 } else {
-                    // Only with a guest memory whose check_range() promised a writable range
-                    // it then refused; the call's state change stands.
+                    // Only with a guest memory that refused a write to a range both it and the
+                    // VMM's guest-writable map (checked in step 3, before any change) declared
+                    // writable: a VMM bug. The call's state change stands.
                     v.counters.record_response_write_failure();
                     Status::BAD_BUFFER
                 }
@@ -335,7 +330,7 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
             return Err(Status::BAD_LENGTH);
         }
         // 3. VIR-MEM-H-002..006
-        memory::check_buffers(mem, req, resp, exclude)?;
+        memory::check_buffers(mem, req, resp, exclude, &vm.config.guest_writable)?;
         // 4. VIR-MEM-H-007: one copy; nothing below looks at guest memory again.
         let copy = memory::read_request(mem, req)?;
         // 5–8.
@@ -425,7 +420,7 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
             return ignored(v, DoorbellIgnored::CrossesPage(gpa));
         }
         let addr = GuestAddress(gpa);
-        if !mem.check_range(addr, BLOCK as usize, Permissions::ReadWrite) {
+        if !memory::block_usable(mem, &v.config.guest_writable, gpa, BLOCK) {
             return ignored(v, DoorbellIgnored::Unbacked(gpa));
         }
         let mut raw = [0u8; BLOCK as usize];
@@ -494,7 +489,8 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
     /// Platform reset of VM `vm` (reboot, host-initiated): every allocation freed (IRTEs not
     /// present, host IRQs stopped, routes removed), state back to legacy with MSI-X trapping,
     /// legacy interrupts disabled, doorbell latches cleared (VIR-RST-H-001..003). Handles issued
-    /// before stay stale for ever; the session counter keeps counting.
+    /// before stay stale until VIR-ALC-H-010 lets their values be issued again; the session
+    /// counter keeps counting.
     pub fn reset_vm(&mut self, vm: VmId) -> Result<(), HostError> {
         let Host {
             config,

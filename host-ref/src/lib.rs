@@ -54,6 +54,7 @@
 //!             storage: StorageSizes { msix_entries: 64, ..Default::default() },
 //!         }],
 //!         quotas: Quotas::default(),
+//!         guest_writable: vir_host::GuestWritable::AllRam,
 //!     })
 //!     .unwrap();
 //! let mem = guest_ram(0x10000);
@@ -89,8 +90,8 @@ pub use backend::{
 };
 pub use calls::{MAX_VERSION, MIN_VERSION};
 pub use config::{
-    ConfigError, DeviceConfig, HostConfig, IrMode, Quotas, SourceValidation, StorageSizes,
-    VcpuConfig, VmConfig,
+    ConfigError, DeviceConfig, GpaRange, GuestWritable, HostConfig, IrMode, QuotaAdmission,
+    QuotaResource, Quotas, RequesterIdRange, SourceValidation, StorageSizes, VcpuConfig, VmConfig,
 };
 pub use counters::{Binding, Counters};
 pub use host::{DoorbellIgnored, Host, HostError, PioOutcome, X86Regs};

@@ -13,7 +13,7 @@ use crate::vm::{Allocation, Vm, VmState};
 /// Everything a call of one VM can change on the host, by value.
 ///
 /// Two snapshots compare equal exactly when negotiation, session, legacy hook, every handle
-/// slot (generation, retirement, allocation with per-vector states, targets, routes, host IRQs
+/// slot (generation, allocation with per-vector states, targets, routes, host IRQs
 /// and IRTEs), the storage-slot index, the quotas used, the host-wide table allocator, the
 /// raw IRTEs read back from the table for this VM's entries, and the legacy scheme's emulated
 /// MSI, MSI-X and remapping unit are equal. Counters and doorbell

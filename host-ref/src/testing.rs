@@ -20,7 +20,7 @@
 //!
 //! Nothing here is meant for production: these types favour inspectability over speed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use vir_abi::call::CallCode;
@@ -128,36 +128,81 @@ pub enum Event {
 }
 
 /// A shared, cloneable event log (clones log into the same list).
-#[derive(Debug, Clone, Default)]
-pub struct Journal(Arc<Mutex<Vec<Event>>>);
+///
+/// The log is bounded: it keeps the latest [`Journal::capacity`] events and counts the older
+/// ones it dropped, so a long-running user (the KVM demo) does not grow it without bound.
+/// [`Journal::drain`] takes the events out.
+#[derive(Debug, Clone)]
+pub struct Journal(Arc<Mutex<JournalLog>>);
+
+#[derive(Debug)]
+struct JournalLog {
+    events: VecDeque<Event>,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl Default for Journal {
+    /// An empty journal of [`Journal::DEFAULT_CAPACITY`] events.
+    fn default() -> Self {
+        Self::with_capacity(Self::DEFAULT_CAPACITY)
+    }
+}
 
 impl Journal {
-    /// An empty journal.
+    /// Events a journal keeps unless told otherwise.
+    pub const DEFAULT_CAPACITY: usize = 1 << 16;
+
+    /// An empty journal of [`Journal::DEFAULT_CAPACITY`] events.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty journal that keeps the latest `capacity` events (at least one).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Journal(Arc::new(Mutex::new(JournalLog {
+            events: VecDeque::new(),
+            capacity: capacity.max(1),
+            dropped: 0,
+        })))
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, JournalLog> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn push(&self, e: Event) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(e);
+        let mut log = self.log();
+        if log.events.len() >= log.capacity {
+            log.events.pop_front();
+            log.dropped = log.dropped.saturating_add(1);
+        }
+        log.events.push_back(e);
     }
 
-    /// Every event so far, in order.
+    /// The events kept, oldest first.
     pub fn events(&self) -> Vec<Event> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.log().events.iter().cloned().collect()
     }
 
-    /// Forget every event.
+    /// Take the events kept, oldest first, leaving the journal empty.
+    pub fn drain(&self) -> Vec<Event> {
+        self.log().events.drain(..).collect()
+    }
+
+    /// Forget every event kept.
     pub fn clear(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.log().events.clear();
+    }
+
+    /// How many events the journal keeps at most.
+    pub fn capacity(&self) -> usize {
+        self.log().capacity
+    }
+
+    /// How many old events were dropped to stay within the capacity.
+    pub fn dropped(&self) -> u64 {
+        self.log().dropped
     }
 }
 
@@ -1245,5 +1290,30 @@ mod tests {
         assert!(m.check_range(GuestAddress(0x3ff8), 8, Permissions::Read));
         assert!(!m.check_range(GuestAddress(0x3ffc), 8, Permissions::Read));
         assert_eq!(m.accesses().len(), 2, "check_range is not an access");
+    }
+
+    #[test]
+    fn journal_is_bounded_and_drainable() {
+        let j = Journal::with_capacity(3);
+        let k = j.clone();
+        for i in 0..5 {
+            k.push(Event::CommitAffinity { irq: HostIrqId(i) });
+        }
+        let ids = |v: Vec<Event>| -> Vec<u64> {
+            v.into_iter()
+                .map(|e| match e {
+                    Event::CommitAffinity { irq } => irq.0,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(j.capacity(), 3);
+        assert_eq!(j.dropped(), 2);
+        assert_eq!(ids(j.events()), [2, 3, 4]);
+        assert_eq!(ids(j.drain()), [2, 3, 4]);
+        assert!(j.events().is_empty());
+        j.push(Event::CommitAffinity { irq: HostIrqId(9) });
+        assert_eq!(ids(k.events()), [9]);
+        assert_eq!(Journal::new().capacity(), Journal::DEFAULT_CAPACITY);
     }
 }

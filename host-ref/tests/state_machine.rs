@@ -128,6 +128,7 @@ fn vm_config(vm: usize) -> VmConfig {
             },
         ],
         quotas: QUOTAS,
+        guest_writable: vir_host::GuestWritable::AllRam,
     }
 }
 

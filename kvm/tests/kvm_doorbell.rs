@@ -53,6 +53,7 @@ fn vm_config() -> VmConfig {
             },
         }],
         quotas: Quotas::default(),
+        guest_writable: vir_host::GuestWritable::AllRam,
     }
 }
 

@@ -275,6 +275,7 @@ fn host_ref_bytes_per_interrupt() -> f64 {
                 irtes: 8192,
                 vectors: 8192,
             },
+            guest_writable: vir_host::GuestWritable::AllRam,
         })
         .expect("VM");
     let neg = NegotiateRequest {

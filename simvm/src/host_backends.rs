@@ -59,7 +59,9 @@ pub const KVM_MAX_IRQ_ROUTES: u32 = 4096;
 /// Linux's `ENOMEM` (not among the errnos of `vir_abi::status::errno`).
 pub const ENOMEM: i32 = 12;
 
-/// The platform VM behind a host VM: the world creates both with the same number.
+/// The platform VM behind a host VM: the world and the situations create both with the same
+/// number and check that the host agrees ([`crate::WorldError::VmIdMismatch`],
+/// [`crate::situations::SituationError::VmIdMismatch`]).
 pub const fn platform_vm(vm: VmId) -> vir_platform::VmId {
     vir_platform::VmId(vm.0)
 }

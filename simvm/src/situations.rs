@@ -176,6 +176,14 @@ pub enum SituationError {
     Call(vir_guest::CallError),
     /// The operation needs a hypervisor (the situation is bare metal).
     BareMetal,
+    /// The host numbered its VM differently from the machine's VM (the backends address the
+    /// machine's VM by the host's number).
+    VmIdMismatch {
+        /// The machine's VM id.
+        platform: u32,
+        /// The host's.
+        host: u32,
+    },
 }
 
 impl fmt::Display for SituationError {
@@ -189,6 +197,9 @@ impl fmt::Display for SituationError {
             Self::NoRemapping(r) => write!(f, "the guest found no remapping ({r:?})"),
             Self::Call(e) => write!(f, "{e}"),
             Self::BareMetal => f.write_str("no hypervisor on bare metal"),
+            Self::VmIdMismatch { platform, host } => {
+                write!(f, "host numbered machine VM {platform} as {host}")
+            }
         }
     }
 }
@@ -495,8 +506,15 @@ impl SituationVm {
                     irtes: 8192,
                     vectors: 8192,
                 },
+                guest_writable: vir_host::GuestWritable::AllRam,
             })
             .map_err(SituationError::HostConfig)?;
+        if crate::host_backends::platform_vm(vm) != pvm {
+            return Err(SituationError::VmIdMismatch {
+                platform: pvm.0,
+                host: vm.0,
+            });
+        }
         host.borrow_mut()
             .set_legacy_config(
                 vm,

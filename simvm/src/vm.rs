@@ -94,6 +94,8 @@ pub struct DeviceSpec {
     pub ims_device_entries: u32,
     /// IMS queues with their message in system memory (0: none).
     pub ims_system_queues: u32,
+    /// How the host's IRTEs for it check the source of its requests.
+    pub source_validation: SourceValidation,
 }
 
 impl DeviceSpec {
@@ -107,7 +109,15 @@ impl DeviceSpec {
             msix_entries: 0,
             ims_device_entries: 0,
             ims_system_queues: 0,
+            source_validation: SourceValidation::RequesterId,
         }
+    }
+
+    /// With IRTEs that check the source this way (a device behind a PCIe-to-PCI bridge:
+    /// [`SourceValidation::BusRange`]).
+    pub fn with_source_validation(mut self, source_validation: SourceValidation) -> Self {
+        self.source_validation = source_validation;
+        self
     }
 
     /// With an MSI capability of 2^`log2` vectors.
@@ -777,7 +787,7 @@ impl World {
             host_devices.push(HostDevice {
                 device_id: d.guest_id.0,
                 requester_id: d.requester_id,
-                source_validation: SourceValidation::RequesterId,
+                source_validation: d.source_validation,
                 storage: StorageSizes {
                     msi_vectors: d.msi_log2.map_or(0, |l| 1u8 << l),
                     msix_entries: d.msix_entries,
@@ -799,6 +809,11 @@ impl World {
                 vcpus,
                 devices: host_devices,
                 quotas: spec.quotas,
+                // The KVM model's memory is one writable slot from GPA 0.
+                guest_writable: vir_host::GuestWritable::Ranges(vec![vir_host::GpaRange {
+                    start: 0,
+                    len: spec.memory as u64,
+                }]),
             })
             .map_err(WorldError::HostConfig)?;
         if id.0 != number {
@@ -873,6 +888,17 @@ impl World {
     /// The machine, mutably (failure injection, forged storage writes).
     pub fn machine_mut(&self) -> RefMut<'_, Machine> {
         self.machine.borrow_mut()
+    }
+
+    /// The shared machine itself, for a VMM building its own backends, transports or storage
+    /// over the same machine (borrows follow the rule of the module documentation).
+    pub fn shared_machine(&self) -> SharedMachine {
+        Rc::clone(&self.machine)
+    }
+
+    /// The shared host itself (likewise).
+    pub fn shared_host(&self) -> SharedHost {
+        Rc::clone(&self.host)
     }
 
     /// The host (drop the borrow before driving a guest).
@@ -953,7 +979,29 @@ impl World {
         self.service(outcome)
     }
 
-    fn service(&mut self, outcome: FireOutcome) -> Delivery {
+    /// Masks or unmasks source `slot` of `device` (as the device's own mask bit, behind the
+    /// guest's back) and services whatever the unmask releases, as [`World::fire`] does: each
+    /// interrupt pending at the source goes through the platform and the receiving vCPU's guest
+    /// handles it. Empty when masking, or when nothing was pending.
+    pub fn set_masked(
+        &mut self,
+        device: DeviceId,
+        slot: StorageSlot,
+        masked: bool,
+    ) -> Result<Vec<Delivery>, WorldError> {
+        let released = self
+            .machine
+            .borrow_mut()
+            .set_masked(device, slot, masked)
+            .map_err(WorldError::Machine)?;
+        Ok(released.into_iter().map(|o| self.service(o)).collect())
+    }
+
+    /// Lets the receiving vCPU of `outcome` (if any) take it: posted interrupts are synced
+    /// (PIR → IRR), then everything pending in the vCPU's LAPIC is acknowledged, handled by its
+    /// guest and EOIed. For outcomes the machine returned directly ([`Machine::set_masked`],
+    /// [`Machine::inject_write`] called on [`World::machine_mut`]).
+    pub fn service(&mut self, outcome: FireOutcome) -> Delivery {
         let vcpu = match outcome {
             FireOutcome::Delivered { vcpu, .. } => Some(vcpu),
             FireOutcome::Posted(p) => {
@@ -969,8 +1017,9 @@ impl World {
         Delivery { outcome, handled }
     }
 
-    /// The vCPU acknowledges, handles and EOIs everything pending in its LAPIC.
-    fn drain(&mut self, vcpu: VcpuRef) -> Vec<Handled> {
+    /// vCPU `vcpu` acknowledges, handles (through its guest, when the world drives its VM) and
+    /// EOIs everything pending in its LAPIC, at most every vector once.
+    pub fn drain(&mut self, vcpu: VcpuRef) -> Vec<Handled> {
         let index = self.vms.iter().position(|v| v.platform_id() == vcpu.vm);
         let mut handled = Vec::new();
         // At most every vector once: the loop is bounded whatever the LAPIC holds.

@@ -68,6 +68,7 @@ fn bench(config: HostConfig, vcpus: u32) -> Bench {
                 .collect(),
             devices: Vec::new(),
             quotas: Quotas::default(),
+            guest_writable: vir_host::GuestWritable::AllRam,
         })
         .unwrap();
     let mem = GuestMemoryMmap::<()>::from_ranges(&[

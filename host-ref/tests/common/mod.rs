@@ -48,6 +48,7 @@ fn vm_config(n: u64, rid: u16, apics: [u32; 2], quotas: Quotas) -> VmConfig {
             },
         }],
         quotas,
+        guest_writable: vir_host::GuestWritable::AllRam,
     }
 }
 
