@@ -987,7 +987,7 @@ impl HostUnderTest for ReferenceHost {
         Ok(events[from..]
             .iter()
             .filter_map(|e| match *e {
-                Event::IrteWrite { index, entry } => Some(PhysEvent::IrteWritten {
+                Event::IrteWrite { index, entry, .. } => Some(PhysEvent::IrteWritten {
                     index,
                     present: entry & 1 == 1,
                 }),

@@ -16,8 +16,9 @@ use zerocopy::FromBytes;
 
 use crate::backend::{IrteTable, PhysicalIrqs, VirtualRouting, VmId};
 use crate::calls::{self, MAX_VERSION, MIN_VERSION, Phys};
-use crate::config::{ConfigError, HostConfig, VmConfig};
+use crate::config::{ConfigError, HostConfig, IrMode, VmConfig};
 use crate::counters::{Binding, Counters};
+use crate::iommu::IommuKind;
 use crate::memory::{self, GuestBuffer};
 use crate::snapshot::VmSnapshot;
 use crate::table::TableAllocator;
@@ -117,7 +118,7 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
     pub fn new(config: HostConfig, table: T, routing: R, irqs: P) -> Result<Self, ConfigError> {
         config.validate()?;
         let size = table.size();
-        if size == 0 || size > 0x1_0000 {
+        if size == 0 || size > config.vendor().max_table_entries() {
             return Err(ConfigError::TableSize(size));
         }
         Ok(Host {
@@ -145,6 +146,17 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
     /// Create a VM. Its devices' requester ids must not be assigned to another VM.
     pub fn add_vm(&mut self, config: VmConfig) -> Result<VmId, ConfigError> {
         config.validate()?;
+        if matches!(self.config.iommu, IommuKind::AmdVi(_)) && self.config.ir_mode == IrMode::Posted
+        {
+            for (i, v) in config.vcpus.iter().enumerate() {
+                if v.pda == 0 || !v.pda.is_multiple_of(4096) || v.pda >> 52 != 0 {
+                    return Err(ConfigError::BadBackingPage {
+                        vcpu: u32::try_from(i).unwrap_or(u32::MAX),
+                        address: v.pda,
+                    });
+                }
+            }
+        }
         for d in &config.devices {
             let taken = self.vms.values().any(|vm| {
                 vm.config

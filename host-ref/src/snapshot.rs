@@ -53,8 +53,8 @@ impl VmSnapshot {
         let irtes = vm
             .allocations
             .iter()
-            .flat_map(|(_, a)| a.base..a.base + a.count())
-            .map(|i| (i, table.read(i)))
+            .flat_map(|(_, a)| (a.base..a.base + a.count()).map(|i| (a.table, i)))
+            .map(|(t, i)| (i, table.read(t, i)))
             .collect();
         VmSnapshot {
             state: vm.state,

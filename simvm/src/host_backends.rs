@@ -36,7 +36,7 @@ use vir_abi::status::errno;
 use vir_abi::wire::StorageKind as WireKind;
 use vir_host::{
     BackendError, BackendOp, Gsi, HostIrq, HostIrqId, HostVector, IrqSource, IrteTable,
-    PhysicalIrqs, RouteTarget, VirtualRouting, VmId,
+    IrteTableId, PhysicalIrqs, RouteTarget, VirtualRouting, VmId,
 };
 use vir_platform::failpoint::FailPoint;
 use vir_platform::kvm::{GsiRoute, KvmError};
@@ -128,8 +128,9 @@ impl IrteTable for SimIrteTable {
         self.size
     }
 
-    fn write(&mut self, index: u32, entry: u128) {
-        let Ok(i) = u16::try_from(index) else {
+    fn write(&mut self, table: IrteTableId, index: u32, entry: u128) {
+        // The machine's unit has one table; a per-device (AMD-Vi) table does not exist here.
+        let (IrteTableId::Unit, Ok(i)) = (table, u16::try_from(index)) else {
             self.stats.rejected += 1;
             return;
         };
@@ -159,7 +160,10 @@ impl IrteTable for SimIrteTable {
         }
     }
 
-    fn read(&self, index: u32) -> Option<u128> {
+    fn read(&self, table: IrteTableId, index: u32) -> Option<u128> {
+        if table != IrteTableId::Unit {
+            return None;
+        }
         let i = u16::try_from(index).ok()?;
         self.machine.borrow().iommu().irte(i).ok()
     }
@@ -739,7 +743,7 @@ mod tests {
         let m = machine(1, 10);
         let mut t = SimIrteTable::new(Rc::clone(&m));
         assert_eq!(t.size(), 16);
-        t.write(5, posted(0x41));
+        t.write(IrteTableId::Unit, 5, posted(0x41));
         let remapped = RemappedIrte {
             present: true,
             fpd: false,
@@ -756,13 +760,13 @@ mod tests {
         }
         .encode(ApicMode::X2Apic)
         .unwrap();
-        t.write(6, remapped);
-        t.write(16, 1); // beyond the table
-        assert_eq!(t.read(5), Some(posted(0x41)));
+        t.write(IrteTableId::Unit, 6, remapped);
+        t.write(IrteTableId::Unit, 16, 1); // beyond the table
+        assert_eq!(t.read(IrteTableId::Unit, 5), Some(posted(0x41)));
         assert_eq!(m.borrow().iommu().cached_irte(5), Ok(posted(0x41)));
         assert_eq!(m.borrow().iommu().cached_irte(6), Ok(remapped));
-        assert_eq!(t.read(16), None);
-        assert_eq!(t.read(0x1_0000), None);
+        assert_eq!(t.read(IrteTableId::Unit, 16), None);
+        assert_eq!(t.read(IrteTableId::Unit, 0x1_0000), None);
         assert_eq!(
             t.stats(),
             IrteTableStats {

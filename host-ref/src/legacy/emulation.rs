@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use vir_abi::hw::msi::{CompatMsi, DeliveryMode, MsiMessage};
-use vir_abi::hw::vtd::RemappableMsi;
 use vir_abi::wire::StorageKind;
 
 use crate::backend::{
@@ -12,6 +11,7 @@ use crate::backend::{
 };
 use crate::calls::{Phys, active_irte};
 use crate::config::{DeviceConfig, VcpuConfig, VmConfig};
+use crate::iommu::ga_tag;
 use crate::vm::{GuestTarget, Vm};
 
 use super::viommu::{Translation, Viommu};
@@ -741,7 +741,9 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     };
     let (irte, physical_message) = match irte_index {
         Some(i) => {
-            let Ok(raw) = active_irte(cx.phys.config, dev, guest, &vcpu, host_irq.vector) else {
+            let tag = ga_tag(cx.vm_id.0, t.vcpu_index);
+            let Ok(raw) = active_irte(cx.phys.config, dev, guest, &vcpu, host_irq.vector, tag)
+            else {
                 undo(cx);
                 return Err(LegacySetupError::IrteEncode);
             };
@@ -749,13 +751,11 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
             let handle = match slot {
                 SlotRef::MsiX(_) => i,
                 SlotRef::Msi(_) => new_block.or(block).and_then(|b| b.base).unwrap_or(i),
-            } as u16;
-            let msg = RemappableMsi {
-                handle,
-                shv: true,
-                subhandle: 0,
-            }
-            .encode();
+            };
+            let Ok(msg) = cx.phys.config.vendor().message(handle) else {
+                undo(cx);
+                return Err(LegacySetupError::IrteEncode);
+            };
             (Some((i, raw)), msg)
         }
         None => match compat_message(host_irq.vector.apic_id, host_irq.vector.vector) {
@@ -789,7 +789,7 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         {
             phys.alloc.take(base, log2);
         }
-        phys.table.write(i, raw);
+        phys.table.write(phys.config.vendor().table_of(dev), i, raw);
     }
     let Some(d) = legacy.devices.get_mut(di) else {
         return Ok(());
@@ -880,7 +880,7 @@ fn release<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         (SlotRef::Msi(_), None) => d.msi_stale = true,
     }
     if let Some((i, _)) = l.irte {
-        phys.table.write(i, 0);
+        phys.table.write(phys.config.vendor().table_of(dev), i, 0);
         if let SlotRef::MsiX(_) = slot {
             phys.alloc.release(i, 0);
         }
@@ -941,7 +941,14 @@ fn retarget<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         vector: t.vector,
     };
     let irte = match l.irte {
-        Some((i, _)) => match active_irte(cx.phys.config, dev, guest, &vcpu, host_vector) {
+        Some((i, _)) => match active_irte(
+            cx.phys.config,
+            dev,
+            guest,
+            &vcpu,
+            host_vector,
+            ga_tag(cx.vm_id.0, t.vcpu_index),
+        ) {
             Ok(raw) => Some((i, raw)),
             Err(_) => {
                 abort(cx);
@@ -973,7 +980,9 @@ fn retarget<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     if let Some((i, raw)) = irte
         && Some((i, raw)) != l.irte
     {
-        cx.phys.table.write(i, raw);
+        cx.phys
+            .table
+            .write(cx.phys.config.vendor().table_of(dev), i, raw);
     }
     if physical_message != l.physical_message {
         let rid = dev.requester_id;
