@@ -21,7 +21,7 @@ use crate::backend::{
 };
 use crate::config::{DeviceConfig, HostConfig, VcpuConfig};
 use crate::iommu::{ActiveEntry, VendorError, ga_tag};
-use crate::table::TableAllocator;
+use crate::table::TableAllocators;
 use crate::vm::{ActiveVector, Allocation, GuestTarget, VectorState, Vm, VmState};
 
 /// Lowest version this host offers.
@@ -35,7 +35,7 @@ pub(crate) struct Phys<'a, T, R, P> {
     pub table: &'a mut T,
     pub routing: &'a mut R,
     pub irqs: &'a mut P,
-    pub alloc: &'a mut TableAllocator,
+    pub alloc: &'a mut TableAllocators,
 }
 
 /// A successful call's response.
@@ -248,13 +248,13 @@ fn allocate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         return Err(Status::QUOTA_EXCEEDED);
     }
     // 9. VIR-ALC-H-009
-    let base = phys.alloc.find(log2).ok_or(Status::TABLE_FULL)?;
     let vendor = phys.config.vendor();
     let table = vendor.table_of(dev);
+    let base = phys.alloc.find(table, log2).ok_or(Status::TABLE_FULL)?;
     let message = vendor.message(base).map_err(|_| Status::BACKEND_FAILURE)?;
 
     // Commit: nothing below fails.
-    phys.alloc.take(base, log2);
+    phys.alloc.take(table, base, log2);
     for i in base..base + count {
         phys.table.write(table, i, 0); // VIR-ALC-H-011: reserved, not present
     }
@@ -271,7 +271,7 @@ fn allocate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     };
     let Ok(handle) = vm.allocations.insert(allocation) else {
         // can_insert() was checked above with no change in between.
-        phys.alloc.release(base, log2);
+        phys.alloc.release(table, base, log2);
         return Err(Status::QUOTA_EXCEEDED);
     };
     vm.slots.insert(key, handle);
@@ -596,7 +596,8 @@ fn release_allocation<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         );
     }
     // Entries of `Allocated` vectors are already 0 (written so by ALLOCATE and teardown).
-    phys.alloc.release(alloc.base, alloc.log2_count);
+    phys.alloc
+        .release(alloc.table, alloc.base, alloc.log2_count);
     vm.slots
         .remove(&(alloc.device_id, alloc.kind.0, alloc.index));
     vm.irtes_used = vm.irtes_used.saturating_sub(alloc.count());

@@ -21,7 +21,7 @@ use crate::counters::{Binding, Counters};
 use crate::iommu::IommuKind;
 use crate::memory::{self, GuestBuffer};
 use crate::snapshot::VmSnapshot;
-use crate::table::TableAllocator;
+use crate::table::TableAllocators;
 use crate::vm::Vm;
 
 /// The general-purpose registers the register binding reads and writes (x86-64).
@@ -107,7 +107,7 @@ pub struct Host<T, R, P> {
     table: T,
     routing: R,
     irqs: P,
-    alloc: TableAllocator,
+    alloc: TableAllocators,
     vms: BTreeMap<VmId, Vm>,
     next_vm: u32,
     removed: Counters,
@@ -118,7 +118,12 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
     pub fn new(config: HostConfig, table: T, routing: R, irqs: P) -> Result<Self, ConfigError> {
         config.validate()?;
         let size = table.size();
-        if size == 0 || size > config.vendor().max_table_entries() {
+        // AMD-Vi: 2^IntTabLen entries per device.
+        let per_device = matches!(config.iommu, IommuKind::AmdVi(_));
+        if size == 0
+            || size > config.vendor().max_table_entries()
+            || (per_device && !size.is_power_of_two())
+        {
             return Err(ConfigError::TableSize(size));
         }
         Ok(Host {
@@ -126,7 +131,7 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
             table,
             routing,
             irqs,
-            alloc: TableAllocator::new(size),
+            alloc: TableAllocators::new(size),
             vms: BTreeMap::new(),
             next_vm: 0,
             removed: Counters::default(),

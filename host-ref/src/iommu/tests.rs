@@ -246,16 +246,70 @@ fn vir_sec_h_001_amd_entries_lie_in_the_devices_own_table() {
         .unwrap();
     let t = a.host.table();
     let own = |rid, i| t.entry_in(IrteTableId::Device(rid), i).unwrap();
-    assert_ne!(own(RID, 0), 0);
-    assert_ne!(own(RID_MSIX_ONLY, 1), 0);
-    // Neither device can reach the other's entry through its own table.
+    // Each device has its own index space: both entries are index 0, each in its own table.
+    let e0 = AmdIrte128::decode(own(RID, 0)).unwrap();
+    let e1 = AmdIrte128::decode(own(RID_MSIX_ONLY, 0)).unwrap();
+    assert!(e0.remap_en() && e1.remap_en());
+    assert_ne!(e0.vector(), e1.vector(), "two host IRQs, two host vectors");
     assert_eq!(own(RID, 1), 0);
-    assert_eq!(own(RID_MSIX_ONLY, 0), 0);
     for e in a.journal.events() {
         if let Event::IrteWrite { table, .. } = e {
             assert_ne!(table, IrteTableId::Unit, "{e:?}");
         }
     }
+}
+
+#[test]
+fn vir_alc_h_009_amd_index_space_is_per_device() {
+    let config = HostConfig {
+        iommu: AMD128,
+        ir_mode: IrMode::Remapped,
+        ..HostConfig::default()
+    };
+    let (mut host, _) = mock_host(config, 16, 4, 200).unwrap();
+    let vm = host.add_vm(amd_vm()).unwrap();
+    let mem = guest_ram(0x40_0000);
+    let g = Caller::new(vm);
+    g.negotiate(&mut host, &mem, 1, Features::V1_DEFINED)
+        .unwrap();
+    // DEV fills its 16-entry table ...
+    for i in 0..16 {
+        let r = g
+            .allocate(&mut host, &mem, DEV, StorageKind::MSIX, 0, i)
+            .unwrap();
+        let m = host
+            .vm(vm)
+            .unwrap()
+            .allocation(r.handle.get())
+            .unwrap()
+            .message();
+        assert_eq!(m.data, i, "index {i} of DEV's own table");
+    }
+    assert_eq!(
+        g.allocate(&mut host, &mem, DEV, StorageKind::IMS_DEVICE, 0, 0)
+            .err(),
+        Some(Status::TABLE_FULL)
+    );
+    // ... and another device still has all of its own.
+    let r = g
+        .allocate(&mut host, &mem, DEV_MSIX_ONLY, StorageKind::MSIX, 0, 0)
+        .unwrap();
+    let m = host
+        .vm(vm)
+        .unwrap()
+        .allocation(r.handle.get())
+        .unwrap()
+        .message();
+    assert_eq!(m, MsiMessage::new(0xFEE0_0000, 0, 0));
+    // 2^IntTabLen: a table size that is not a power of two is refused.
+    let c = HostConfig {
+        iommu: AMD128,
+        ..HostConfig::default()
+    };
+    assert_eq!(
+        mock_host(c, 24, 1, 8).err(),
+        Some(ConfigError::TableSize(24))
+    );
 }
 
 #[test]

@@ -676,7 +676,7 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
             let i = cx
                 .phys
                 .alloc
-                .find(0)
+                .find(cx.phys.config.vendor().table_of(dev), 0)
                 .ok_or(LegacySetupError::TableFull { log2: 0 })?;
             (Some(i), None)
         }
@@ -687,7 +687,7 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
                 let base = cx
                     .phys
                     .alloc
-                    .find(mme)
+                    .find(cx.phys.config.vendor().table_of(dev), mme)
                     .ok_or(LegacySetupError::TableFull { log2: mme })?;
                 let b = MsiBlock {
                     base: Some(base),
@@ -780,14 +780,15 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     };
     if let Some((i, raw)) = irte {
         if let SlotRef::MsiX(_) = slot {
-            phys.alloc.take(i, 0);
+            phys.alloc.take(phys.config.vendor().table_of(dev), i, 0);
         }
         if let Some(MsiBlock {
             base: Some(base),
             log2,
         }) = new_block
         {
-            phys.alloc.take(base, log2);
+            phys.alloc
+                .take(phys.config.vendor().table_of(dev), base, log2);
         }
         phys.table.write(phys.config.vendor().table_of(dev), i, raw);
     }
@@ -882,7 +883,7 @@ fn release<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     if let Some((i, _)) = l.irte {
         phys.table.write(phys.config.vendor().table_of(dev), i, 0);
         if let SlotRef::MsiX(_) = slot {
-            phys.alloc.release(i, 0);
+            phys.alloc.release(phys.config.vendor().table_of(dev), i, 0);
         }
     }
     phys.irqs.stop(l.host_irq.id);
@@ -895,7 +896,8 @@ fn release<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
             s.set_msi_control(rid, false, 0);
         }
         if let Some(base) = b.base {
-            phys.alloc.release(base, b.log2);
+            phys.alloc
+                .release(phys.config.vendor().table_of(dev), base, b.log2);
         }
     }
 }
