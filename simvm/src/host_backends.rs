@@ -6,7 +6,9 @@
 //! * [`SimIrteTable`] ([`IrteTable`]): the VT-d remapping unit's table. A posted entry is stored
 //!   as one 128-bit update, a remapped entry as its low then its high 64 bits (as Linux does),
 //!   and the interrupt entry cache is invalidated for the index afterwards — the unit models the
-//!   strictest cache, so without the invalidation the old entry would stay in force.
+//!   strictest cache, so without the invalidation the old entry would stay in force. On a
+//!   machine with the AMD-Vi IOMMU enabled, the per-device tables instead: each entry stored in
+//!   one update, then `INVALIDATE_INTERRUPT_TABLE` for the device.
 //! * [`SimRouting`] ([`VirtualRouting`]): the KVM model's GSI routes and irqfds. GSIs are handed
 //!   out per VM from [`FIRST_GSI`] up to a capacity; the irqfd of a GSI is the eventfd
 //!   [`eventfd_for`] names, so the VFIO side can signal it without shared bookkeeping.
@@ -98,7 +100,10 @@ pub struct IrteTableStats {
     pub rejected: u64,
 }
 
-/// [`IrteTable`] over the machine's VT-d remapping unit.
+/// Entries of each AMD-Vi device table (IntTabLen = 11).
+pub const AMD_TABLE_ENTRIES: u32 = 2048;
+
+/// [`IrteTable`] over the machine's VT-d remapping unit (or its AMD-Vi per-device tables).
 #[derive(Debug)]
 pub struct SimIrteTable {
     machine: SharedMachine,
@@ -107,9 +112,15 @@ pub struct SimIrteTable {
 }
 
 impl SimIrteTable {
-    /// The table of `machine`'s remapping unit; its size is read now (the host reads it once).
+    /// The table of `machine`'s remapping unit, or the per-device tables of its AMD-Vi IOMMU
+    /// ([`AMD_TABLE_ENTRIES`] each) when that is enabled; the size is read now (the host reads
+    /// it once).
     pub fn new(machine: SharedMachine) -> Self {
-        let size = machine.borrow().iommu().entries();
+        let size = if machine.borrow().amd_iommu().is_some() {
+            AMD_TABLE_ENTRIES
+        } else {
+            machine.borrow().iommu().entries()
+        };
         Self {
             machine,
             size,
@@ -129,8 +140,24 @@ impl IrteTable for SimIrteTable {
     }
 
     fn write(&mut self, table: IrteTableId, index: u32, entry: u128) {
-        // The machine's unit has one table; a per-device (AMD-Vi) table does not exist here.
-        let (IrteTableId::Unit, Ok(i)) = (table, u16::try_from(index)) else {
+        if let IrteTableId::Device(rid) = table {
+            let mut m = self.machine.borrow_mut();
+            let stored = m.amd_iommu_mut().map(|amd| {
+                let r = amd.write_irte(RequesterId(rid), index, entry);
+                if r.is_ok() {
+                    amd.invalidate_interrupt_table(RequesterId(rid));
+                }
+                r
+            });
+            if let Some(Ok(())) = stored {
+                self.stats.full_writes += 1;
+                self.stats.invalidations += 1;
+            } else {
+                self.stats.rejected += 1;
+            }
+            return;
+        }
+        let Ok(i) = u16::try_from(index) else {
             self.stats.rejected += 1;
             return;
         };
@@ -161,8 +188,9 @@ impl IrteTable for SimIrteTable {
     }
 
     fn read(&self, table: IrteTableId, index: u32) -> Option<u128> {
-        if table != IrteTableId::Unit {
-            return None;
+        if let IrteTableId::Device(rid) = table {
+            let m = self.machine.borrow();
+            return m.amd_iommu()?.irte(RequesterId(rid), index).ok();
         }
         let i = u16::try_from(index).ok()?;
         self.machine.borrow().iommu().irte(i).ok()
