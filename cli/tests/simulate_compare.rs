@@ -117,6 +117,10 @@ fn compare_refuses_bad_and_conflicting_options() {
             "vir: error: invalid value '2' for --unplug (expected fewer than --vcpus)\n",
         ),
         (
+            vec!["simulate", "--compare", "--iommu", "amd"],
+            "vir: error: invalid value 'amd' for --iommu (expected vtd (the --compare situations run on VT-d only))\n",
+        ),
+        (
             vec!["simulate", "--compare", "--seed", "3"],
             "vir: error: option --seed cannot be combined with --compare\n",
         ),

@@ -3,7 +3,8 @@
 //!
 //! `--vcpus`, `--mode` and `--json` of `simulate` apply; `--vectors` and `--unplug` are the
 //! comparison's own. The scenario options (`--msix`, `--ims`, `--ims-sys`, `--msi-log2`,
-//! `--seed`, `--binding`) do not apply and are refused. The exit status is 1 when any situation
+//! `--seed`, `--binding`) do not apply and are refused, and so is `--iommu amd`: the situations run
+//! on VT-d only. The exit status is 1 when any situation
 //! failed (a vector not delivered where the guest asked, IMS offered where `VIR-LEG-G-001`
 //! forbids it or refused where it allows it, a failure reported by the guest or the host).
 
@@ -81,6 +82,17 @@ pub fn config(args: &SimulateArgs) -> Result<CompareConfig, CliError> {
         Some("remapped") => IrMode::Remapped,
         Some(v) => return Err(bad("--mode", v, "posted or remapped")),
     };
+    // The comparison's situations (bare metal, emulated VT-d, vIR) are built on VT-d only.
+    match args.iommu.as_deref() {
+        None | Some("vtd") => {}
+        Some(v) => {
+            return Err(bad(
+                "--iommu",
+                v,
+                "vtd (the --compare situations run on VT-d only)",
+            ));
+        }
+    }
     // The maxima above keep every value within u32.
     Ok(CompareConfig {
         vectors: vectors as u32,
