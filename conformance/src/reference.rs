@@ -885,6 +885,11 @@ impl HostUnderTest for ReferenceHost {
                 let m = mock_state(&self.host);
                 out.0
                     .insert("host.table_entries".into(), format!("{:?}", m.irtes));
+                // AMD-Vi: the per-device tables (empty on VT-d).
+                out.0.insert(
+                    "host.device_table_entries".into(),
+                    format!("{:?}", m.device_irtes),
+                );
                 out.0
                     .insert("host.cpu_vectors".into(), format!("{:?}", m.vectors));
                 out.0

@@ -119,7 +119,8 @@ pub struct ActiveEntry<'a> {
 }
 
 /// The AMD-Vi GA tag of a vCPU: the VM id in bits 31:8, the vCPU index in bits 7:0 (the layout
-/// Linux's `AMD_IOMMU_GATAG` uses). Unique host-wide for vCPU indices below 256.
+/// Linux's `AMD_IOMMU_GATAG` uses). Unique host-wide for VM ids below 2^24 and vCPU indices
+/// below 256; beyond that the fields wrap and two vCPUs can share a tag.
 pub const fn ga_tag(vm: u32, vcpu_index: u32) -> u32 {
     (vm << 8) | (vcpu_index & 0xFF)
 }
