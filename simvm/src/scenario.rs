@@ -975,11 +975,19 @@ impl fmt::Display for Report {
             self.path.irqfd_signals,
             self.path.lapic_injections
         )?;
-        writeln!(
-            f,
-            "  forged messages: {} written, {} blocked and recorded, {} delivered",
-            self.forged.attempts, self.forged.blocked, self.forged.delivered
-        )?;
+        if self.iommu == "AMD-Vi" {
+            writeln!(
+                f,
+                "  forged messages: {} written, {} blocked and recorded or kept in the writer's own table, {} delivered to another device's interrupt",
+                self.forged.attempts, self.forged.blocked, self.forged.delivered
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  forged messages: {} written, {} blocked and recorded, {} delivered",
+                self.forged.attempts, self.forged.blocked, self.forged.delivered
+            )?;
+        }
         write!(
             f,
             "  remapping faults: {} recorded ({}), {} suppressed by FPD",
