@@ -28,9 +28,11 @@ pub enum IrMode {
 /// Host-wide configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostConfig {
-    /// Whether the host's physical interrupt remapping is enabled (VT-d: IRES = 1).
+    /// Whether the host's physical interrupt remapping is enabled (VT-d: IRES = 1; AMD-Vi:
+    /// the IOMMU enabled with IV = 1 and IntCtl = remapped in the DTE of every vIR device).
     pub physical_ir_enabled: bool,
-    /// Whether compatibility-format interrupts are blocked (VT-d: CFIS = 0). With either this
+    /// Whether compatibility-format interrupts are blocked (VT-d: CFIS = 0; AMD-Vi: the INIT,
+    /// ExtInt, NMI, LINT0 and LINT1 pass-through bits clear in those DTEs). With either this
     /// or [`HostConfig::physical_ir_enabled`] false, vIR is not offered at all (VIR-DISC-H-001).
     pub compat_format_blocked: bool,
     /// The IOMMU vendor: what the host programs and the message format it returns

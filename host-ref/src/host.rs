@@ -234,7 +234,9 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
         &mut self.irqs
     }
 
-    /// Remapping-table entries not allocated to any VM.
+    /// Remapping-table entries not allocated to any VM: of the unit's table (VT-d), plus those
+    /// of every device table in use (AMD-Vi; a device table is in use once an entry of it was
+    /// allocated).
     pub fn table_free(&self) -> u32 {
         self.alloc.free()
     }
