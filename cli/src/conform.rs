@@ -4,7 +4,8 @@
 //! Every check runs against a freshly created host: by default the reference host (`vir-host`
 //! over its in-memory backends, posted mode); `--host reference-remapped` takes remapped mode
 //! with xAPIC destinations, and `--host mutant:NAME` one of the deliberately broken reference
-//! hosts that show the suite catching a departure. The report goes to standard output, as text
+//! hosts that show the suite catching a departure; `--iommu amd` gives any of them an AMD-Vi
+//! IOMMU instead of VT-d. The report goes to standard output, as text
 //! (one line per host requirement: ID, level, verdict, checks; notes for failures and untested
 //! requirements; a summary line) or as JSON (`--json`); `--junit FILE` also writes JUnit XML.
 //! The exit status is 1 when a MUST requirement fails (or one listed with `--expect-fail`
@@ -17,7 +18,7 @@ use clap::Args;
 use vir_conform::{HostFactory, RunOptions, registry, report};
 use vir_conform_ref::mutants::{Breakage, MutantFactory};
 use vir_conform_ref::{ReferenceConfig, ReferenceFactory};
-use vir_host::IrMode;
+use vir_host::{IommuKind, IrMode};
 
 use crate::error::{CliError, UsageError};
 
@@ -27,6 +28,9 @@ pub struct ConformArgs {
     /// Host to test: reference, reference-remapped or mutant:NAME (see --list) [default: reference]
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
+    /// The reference host's IOMMU: vtd, or amd (AMD-Vi, per-device tables) [default: vtd]
+    #[arg(long, value_name = "IOMMU")]
+    iommu: Option<String>,
     /// Run only the checks whose name or requirement ID contains PATTERN
     #[arg(long, value_name = "PATTERN")]
     only: Option<String>,
@@ -49,7 +53,7 @@ const HOSTS: &str =
     "reference, reference-remapped or mutant:NAME (names listed by 'vir conform --list')";
 
 /// The factory a `--host` value names.
-fn factory(host: &str) -> Result<Box<dyn HostFactory>, CliError> {
+fn factory(host: &str, iommu: IommuKind) -> Result<Box<dyn HostFactory>, CliError> {
     let bad = || {
         CliError::Usage(UsageError::BadOptionValue {
             option: "--host",
@@ -58,16 +62,23 @@ fn factory(host: &str) -> Result<Box<dyn HostFactory>, CliError> {
         })
     };
     match host {
-        "reference" => Ok(Box::new(ReferenceFactory::default())),
+        "reference" => Ok(Box::new(ReferenceFactory::new(ReferenceConfig {
+            iommu,
+            ..ReferenceConfig::default()
+        }))),
         "reference-remapped" => Ok(Box::new(ReferenceFactory::new(ReferenceConfig {
             ir_mode: IrMode::Remapped,
             apic_mode: vir_abi::hw::ApicMode::XApic,
+            iommu,
         }))),
         other => {
             let name = other.strip_prefix("mutant:").ok_or_else(bad)?;
             let breakage = Breakage::from_name(name).ok_or_else(bad)?;
             Ok(Box::new(MutantFactory {
-                config: ReferenceConfig::default(),
+                config: ReferenceConfig {
+                    iommu,
+                    ..ReferenceConfig::default()
+                },
                 breakage,
             }))
         }
@@ -110,7 +121,8 @@ pub fn run(args: &ConformArgs, out: &mut dyn Write) -> Result<(), CliError> {
     if args.list {
         return list(out).map_err(CliError::Output);
     }
-    let mut factory = factory(args.host.as_deref().unwrap_or("reference"))?;
+    let iommu = crate::simulate::iommu(args.iommu.as_deref())?;
+    let mut factory = factory(args.host.as_deref().unwrap_or("reference"), iommu)?;
     let options = RunOptions {
         only: args.only.clone(),
         expect_fail: args.expect_fail.clone(),
@@ -148,22 +160,24 @@ mod tests {
     #[test]
     fn host_names_resolve() {
         assert_eq!(
-            factory("reference").map(|f| f.name()).ok(),
+            factory("reference", IommuKind::Vtd).map(|f| f.name()).ok(),
             Some("reference (posted, x2APIC)".to_string())
         );
         assert_eq!(
-            factory("reference-remapped").map(|f| f.name()).ok(),
+            factory("reference-remapped", IommuKind::Vtd)
+                .map(|f| f.name())
+                .ok(),
             Some("reference (remapped, xAPIC)".to_string())
         );
         for b in Breakage::ALL {
             let name = format!("mutant:{}", b.name());
             assert_eq!(
-                factory(&name).map(|f| f.name()).ok(),
+                factory(&name, IommuKind::Vtd).map(|f| f.name()).ok(),
                 Some(format!("reference broken: {}", b.name()))
             );
         }
         for bad in ["", "mutant:", "mutant:nope", "kvm"] {
-            match factory(bad) {
+            match factory(bad, IommuKind::Vtd) {
                 Err(CliError::Usage(UsageError::BadOptionValue { option, value, .. })) => {
                     assert_eq!((option, value.as_str()), ("--host", bad));
                 }

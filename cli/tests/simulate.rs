@@ -188,3 +188,36 @@ fn bad_option_values_give_one_line_usage_errors() {
         assert_eq!(out.stdout, b"");
     }
 }
+
+#[test]
+fn iommu_amd_runs_the_scenario_on_amd_vi_in_both_modes() {
+    for mode in ["posted", "remapped"] {
+        let args = [
+            "simulate",
+            "--iommu",
+            "amd",
+            "--mode",
+            mode,
+            "--msix",
+            "8",
+            "--ims",
+            "16",
+            "--ims-sys",
+            "4",
+            "--msi-log2",
+            "2",
+            "--json",
+        ];
+        let j = json(&args);
+        assert_eq!(j["iommu"], "AMD-Vi", "{mode}");
+        assert_eq!(n(&j, &["delivery_initial", "correct"]), 32, "{mode}");
+        assert_eq!(n(&j, &["delivery_after_changes", "correct"]), 32, "{mode}");
+        assert_eq!(n(&j, &["forged", "delivered"]), 0, "{mode}");
+    }
+    let out = vir(&["simulate", "--iommu", "arm"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vir: error: invalid value 'arm' for --iommu (expected vtd or amd)\n"
+    );
+}

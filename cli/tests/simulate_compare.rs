@@ -102,6 +102,31 @@ fn compare_json_has_every_situation_and_phase() {
 }
 
 #[test]
+fn compare_on_amd_vi_passes_every_situation() {
+    let mut args = SMALL.to_vec();
+    args.extend(["--iommu", "amd"]);
+    let out = vir(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.starts_with(
+            "vIR compare: 64 MSI-X vectors, 8 vCPUs (2 unplugged), posted mode, AMD-Vi host"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.ends_with("; PASS")).count(),
+        3,
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.ends_with(" 64/64")).count(),
+        12,
+        "{text}"
+    );
+}
+
+#[test]
 fn compare_refuses_bad_and_conflicting_options() {
     for (args, message) in [
         (
@@ -115,6 +140,10 @@ fn compare_refuses_bad_and_conflicting_options() {
         (
             vec!["simulate", "--compare", "--vcpus", "2", "--unplug", "2"],
             "vir: error: invalid value '2' for --unplug (expected fewer than --vcpus)\n",
+        ),
+        (
+            vec!["simulate", "--compare", "--iommu", "arm"],
+            "vir: error: invalid value 'arm' for --iommu (expected vtd or amd)\n",
         ),
         (
             vec!["simulate", "--compare", "--seed", "3"],

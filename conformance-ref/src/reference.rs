@@ -30,9 +30,9 @@ use vm_memory::{
 use vir_abi::hw::msi::MsiMessage;
 use vir_host::testing::{Event, Journal, MockDeviceStorage, MockHost, mock_host, mock_state};
 use vir_host::{
-    BackendError, BackendOp, DeviceConfig, DeviceStorage, HostConfig, IrMode, MsiRegister,
-    MsixField, Quotas, SourceValidation, StorageSizes, TrapError, TrapRead, TrapWrite, VcpuConfig,
-    VmConfig, VmId, X86Regs,
+    AmdIrteFormat, BackendError, BackendOp, DeviceConfig, DeviceStorage, HostConfig, IommuKind,
+    IrMode, IrteTable, IrteTableId, MsiRegister, MsixField, Quotas, SourceValidation, StorageSizes,
+    TrapError, TrapRead, TrapWrite, VcpuConfig, VmConfig, VmId, X86Regs,
 };
 
 use vir_conform::hut::{
@@ -193,15 +193,28 @@ pub struct ReferenceConfig {
     pub ir_mode: IrMode,
     /// Destination format of remapped IRTEs.
     pub apic_mode: ApicMode,
+    /// The IOMMU (AMD-Vi: per-device tables; posted mode is guest virtual APIC mode with one
+    /// 4 KiB vAPIC backing page per vCPU).
+    pub iommu: IommuKind,
 }
 
 impl Default for ReferenceConfig {
-    /// Posted mode, x2APIC.
+    /// Posted mode, x2APIC, VT-d.
     fn default() -> Self {
         ReferenceConfig {
             ir_mode: IrMode::Posted,
             apic_mode: ApicMode::X2Apic,
+            iommu: IommuKind::Vtd,
         }
+    }
+}
+
+/// Distance between the vCPUs' posted descriptors (VT-d, 64 bytes) or vAPIC backing pages
+/// (AMD-Vi, 4 KiB).
+fn pda_stride(iommu: IommuKind) -> u64 {
+    match iommu {
+        IommuKind::Vtd => 64,
+        IommuKind::AmdVi(_) => 0x1000,
     }
 }
 
@@ -242,13 +255,13 @@ fn guest_writable() -> vir_host::GuestWritable {
     ])
 }
 
-fn primary_spec() -> VmSpec {
+fn primary_spec(stride: u64) -> VmSpec {
     let vcpus = [0u32, 2, 5, 8]
         .iter()
         .enumerate()
         .map(|(i, &apic_id)| VcpuConfig {
             apic_id,
-            pda: 0x10_0000 + 64 * i as u64,
+            pda: 0x10_0000 + stride * i as u64,
             pcpu: i as u32 % PCPUS,
         })
         .collect();
@@ -290,13 +303,13 @@ fn primary_spec() -> VmSpec {
     }
 }
 
-fn secondary_spec() -> VmSpec {
+fn secondary_spec(stride: u64) -> VmSpec {
     let vcpus = [1u32, 3]
         .iter()
         .enumerate()
         .map(|(i, &apic_id)| VcpuConfig {
             apic_id,
-            pda: 0x20_0000 + 64 * i as u64,
+            pda: 0x20_0000 + stride * i as u64,
             pcpu: 1 + i as u32,
         })
         .collect();
@@ -402,6 +415,55 @@ impl std::fmt::Debug for ReferenceHost {
 }
 
 impl ReferenceHost {
+    /// What an AMD-Vi IOMMU does with a device write reaching entry `raw` of its table.
+    fn amd_delivery(&self, format: AmdIrteFormat, raw: u128) -> Option<Delivery> {
+        use vir_abi::hw::amd::{AmdIrte32Entry, AmdIrte128};
+        let (dest, vector) = match format {
+            AmdIrteFormat::Bits32 => {
+                let e = AmdIrte32Entry::decode(u32::try_from(raw).ok()?).ok()?;
+                if !e.remap_en {
+                    return None;
+                }
+                (u32::from(e.destination), e.vector)
+            }
+            AmdIrteFormat::Bits128 => match AmdIrte128::decode(raw).ok()? {
+                AmdIrte128::Guest(g) => {
+                    if !g.remap_en {
+                        return None;
+                    }
+                    // The backing page names the vCPU (of whichever VM owns it).
+                    return self.host.vm_ids().into_iter().find_map(|other| {
+                        let ov = self.host.vm(other)?;
+                        let c = ov.config().vcpus.iter().find(|c| c.pda == g.backing_page)?;
+                        Some(Delivery {
+                            vm: self.vm_ref(other),
+                            apic_id: c.apic_id,
+                            vector: g.vector,
+                        })
+                    });
+                }
+                AmdIrte128::Remapped(r) => {
+                    if !r.remap_en {
+                        return None;
+                    }
+                    (r.destination, r.vector)
+                }
+            },
+        };
+        let irqs = self.host.irqs().irqs();
+        let irq = irqs
+            .values()
+            .find(|i| i.vector.apic_id == dest && i.vector.vector == vector)?;
+        self.host
+            .routing()
+            .route(irq.vm, irq.gsi)
+            .map(|t| Delivery {
+                vm: self.vm_ref(irq.vm),
+                apic_id: t.apic_id,
+                vector: t.vector,
+            })
+    }
+
     /// Build the reference fixture: a host with a 128-entry table, four physical CPUs and two
     /// VMs (the primary with four vCPUs, two devices, 64 IRTEs and 8 vectors; the secondary with
     /// two vCPUs, one device, 96 IRTEs and 8 vectors), optionally in a host variant.
@@ -412,18 +474,26 @@ impl ReferenceHost {
         let host_config = HostConfig {
             ir_mode: config.ir_mode,
             apic_mode: config.apic_mode,
+            iommu: config.iommu,
             physical_ir_enabled: variant != Some(Variant::PhysicalIrDisabled),
             compat_format_blocked: variant != Some(Variant::CompatFormatAllowed),
             ..HostConfig::default()
         };
         let (mut host, journal) = mock_host(host_config, TABLE_SIZE, PCPUS, VECTORS_PER_PCPU)
             .map_err(ReferenceSetupError::Config)?;
-        let (p, s) = (primary_spec(), secondary_spec());
+        let stride = pda_stride(config.iommu);
+        let (p, s) = (primary_spec(stride), secondary_spec(stride));
+        let amd = matches!(config.iommu, IommuKind::AmdVi(_));
         let fixture = Fixture {
             primary: vm_fixture(&p.config),
             secondary: Some(vm_fixture(&s.config)),
-            shared_table_free: Some(TABLE_SIZE),
-            irte_format: Some(IrteFormat::Vtd(config.apic_mode)),
+            // AMD-Vi has no table shared by the VMs: each device has its own.
+            shared_table_free: (!amd).then_some(TABLE_SIZE),
+            irte_format: Some(if amd {
+                IrteFormat::AmdVi
+            } else {
+                IrteFormat::Vtd(config.apic_mode)
+            }),
         };
         let rids = |c: &VmConfig| -> Vec<(u32, u16)> {
             c.devices
@@ -447,7 +517,10 @@ impl ReferenceHost {
             ApicMode::X2Apic => "x2APIC",
             ApicMode::XApic => "xAPIC",
         };
-        let mut name = format!("reference ({mode}, {apic})");
+        let mut name = match config.iommu {
+            IommuKind::Vtd => format!("reference ({mode}, {apic})"),
+            IommuKind::AmdVi(_) => format!("reference ({mode}, {apic}, AMD-Vi)"),
+        };
         if let Some(v) = variant {
             name.push_str(&format!(" variant {v:?}"));
         }
@@ -829,6 +902,11 @@ impl HostUnderTest for ReferenceHost {
                 let m = mock_state(&self.host);
                 out.0
                     .insert("host.table_entries".into(), format!("{:?}", m.irtes));
+                // AMD-Vi: the per-device tables (empty on VT-d).
+                out.0.insert(
+                    "host.device_table_entries".into(),
+                    format!("{:?}", m.device_irtes),
+                );
                 out.0
                     .insert("host.cpu_vectors".into(), format!("{:?}", m.vectors));
                 out.0
@@ -856,17 +934,15 @@ impl HostUnderTest for ReferenceHost {
         Ok(self
             .host
             .table()
-            .entry(index)
+            .read(a.table, index)
             .map(|raw| IrteView { index, raw }))
     }
 
     fn present_irtes(&mut self) -> Result<Vec<IrteView>, HarnessError> {
-        Ok(self
-            .host
-            .table()
-            .entries()
-            .iter()
-            .enumerate()
+        // Every table: the unit's (VT-d) and each device's (AMD-Vi); bit 0 is P / RemapEn.
+        let t = self.host.table();
+        Ok(t.tables()
+            .flat_map(|id| t.table_entries(id).iter().enumerate())
             .filter(|(_, e)| *e & 1 == 1)
             .map(|(i, &raw)| IrteView {
                 index: i as u32,
@@ -892,9 +968,21 @@ impl HostUnderTest for ReferenceHost {
         let Some(dev) = v.device(a.device_id) else {
             return Ok(None);
         };
-        let Some(raw) = self.host.table().entry(a.base + u32::from(subhandle)) else {
+        let Some(raw) = self
+            .host
+            .table()
+            .read(a.table, a.base + u32::from(subhandle))
+        else {
             return Ok(None);
         };
+        if let IommuKind::AmdVi(c) = self.host.config().iommu {
+            // The IOMMU looks the write up in the device's own table: the entry is there or
+            // the device cannot reach it.
+            if a.table != IrteTableId::Device(dev.requester_id) {
+                return Ok(None);
+            }
+            return Ok(self.amd_delivery(c.irte_format, raw));
+        }
         // What the IOMMU does with the device's write: decode, present, source check.
         let Ok(irte) = Irte::decode(raw, self.host.config().apic_mode) else {
             return Ok(None);
@@ -1004,7 +1092,7 @@ impl HostUnderTest for ReferenceHost {
         Ok(events[from..]
             .iter()
             .filter_map(|e| match *e {
-                Event::IrteWrite { index, entry } => Some(PhysEvent::IrteWritten {
+                Event::IrteWrite { index, entry, .. } => Some(PhysEvent::IrteWritten {
                     index,
                     present: entry & 1 == 1,
                 }),

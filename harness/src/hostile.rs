@@ -298,7 +298,7 @@ fn judge(
     let receiver = match d.outcome {
         FireOutcome::Delivered { vcpu, .. } => Some(Some(vcpu.vm.0 as usize)),
         FireOutcome::Posted(p) => Some(p.owner.map(|o| o.vm.0 as usize)),
-        FireOutcome::Faulted(_) => {
+        FireOutcome::Faulted(_) | FireOutcome::Aborted(_) => {
             report.blocked += 1;
             None
         }

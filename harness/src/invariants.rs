@@ -34,7 +34,7 @@ mod tests {
         // VIR-SEC-H-002: a present entry nobody owns.
         let mut w = World::new(WorldConfig::default());
         use vir_host::IrteTable;
-        w.host.table_mut().write(5, 1);
+        w.host.table_mut().write(vir_host::IrteTableId::Unit, 5, 1);
         assert_eq!(
             check_host(&w.host),
             Err(InvariantViolation::FreeEntryNotZero { index: 5, raw: 1 })
@@ -63,7 +63,9 @@ mod tests {
         // still holds the old value, so the entry mismatch is what is found first.
         let forged = (av.irte & !(0xffffu128 << 64)) | (0x3b00u128 << 64);
         use vir_host::IrteTable;
-        w.host.table_mut().write(base, forged);
+        w.host
+            .table_mut()
+            .write(vir_host::IrteTableId::Unit, base, forged);
         assert_eq!(
             check_host(&w.host),
             Err(InvariantViolation::ActiveEntryWrong {

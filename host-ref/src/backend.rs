@@ -169,21 +169,42 @@ impl fmt::Display for BackendError {
 
 impl std::error::Error for BackendError {}
 
-/// The host's physical interrupt remapping table (VT-d IRT), shared by every VM of the host.
+/// Which physical interrupt remapping table an entry lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IrteTableId {
+    /// VT-d: the remapping unit's one table (IRTA), shared by every device behind the unit;
+    /// the source check is in the entry.
+    Unit,
+    /// AMD-Vi: the interrupt remapping table of the device with this requester id (its device
+    /// table entry has IntCtl = remapped, IV = 1 and IntTabLen covering [`IrteTable::size`]).
+    Device(u16),
+}
+
+/// The host's physical interrupt remapping tables, shared by every VM of the host.
 ///
-/// Entries are raw 128-bit IRTEs as defined by `vir_abi::hw::vtd`; the host encodes them.
+/// Which tables exist is the vendor's business ([`crate::iommu::RemappingVendor::table_of`]):
+/// one table per unit on VT-d ([`IrteTableId::Unit`]), one table per device on AMD-Vi
+/// ([`IrteTableId::Device`]). Every table has [`IrteTable::size`] entries and the host
+/// allocates indices from one host-wide space, so an index names at most one live entry in
+/// all tables together.
+///
+/// Entries are raw IRTEs as defined by `vir_abi::hw::vtd` (128 bits) or `vir_abi::hw::amd`
+/// (32-bit entries in the low 32 bits, or 128-bit entries); the host encodes them.
 pub trait IrteTable {
-    /// Number of entries (1–65536). Read once when the host is created.
+    /// Number of entries of each table (1–65536; at most 2048 on AMD-Vi). Read once when the
+    /// host is created.
     fn size(&self) -> u32;
 
-    /// Store `entry` at `index` and invalidate the interrupt entry cache for it; when this
-    /// returns, the IOMMU uses the new entry. A posted entry must be stored as one 128-bit update
-    /// (`cmpxchg16b`); a remapped entry may be stored low 64 bits, then high 64 bits (its vector
-    /// and destination share the low word, so a retarget is one store). `index < size()`.
-    fn write(&mut self, index: u32, entry: u128);
+    /// Store `entry` at `index` of `table` and invalidate the IOMMU's cached copy of it (VT-d:
+    /// interrupt entry cache invalidation; AMD-Vi: INVALIDATE_INTERRUPT_TABLE for the device,
+    /// then COMPLETION_WAIT); when this returns, the IOMMU uses the new entry. A posted / guest
+    /// mode entry must be stored as one 128-bit update (`cmpxchg16b`); a remapped entry may be
+    /// stored low 64 bits, then high 64 bits (its vector and destination share the low word, so
+    /// a retarget is one store). `index < size()`.
+    fn write(&mut self, table: IrteTableId, index: u32, entry: u128);
 
-    /// Read back the entry at `index` (`None` if `index >= size()`).
-    fn read(&self, index: u32) -> Option<u128>;
+    /// Read back the entry at `index` of `table` (`None` if `index >= size()`).
+    fn read(&self, table: IrteTableId, index: u32) -> Option<u128>;
 }
 
 /// KVM-like virtual routing of one host: per VM, GSIs routed to a vCPU and vector, each with an
@@ -236,11 +257,11 @@ impl<T: IrteTable + ?Sized> IrteTable for Box<T> {
     fn size(&self) -> u32 {
         (**self).size()
     }
-    fn write(&mut self, index: u32, entry: u128) {
-        (**self).write(index, entry)
+    fn write(&mut self, table: IrteTableId, index: u32, entry: u128) {
+        (**self).write(table, index, entry)
     }
-    fn read(&self, index: u32) -> Option<u128> {
-        (**self).read(index)
+    fn read(&self, table: IrteTableId, index: u32) -> Option<u128> {
+        (**self).read(table, index)
     }
 }
 
@@ -248,11 +269,11 @@ impl<T: IrteTable + ?Sized> IrteTable for &mut T {
     fn size(&self) -> u32 {
         (**self).size()
     }
-    fn write(&mut self, index: u32, entry: u128) {
-        (**self).write(index, entry)
+    fn write(&mut self, table: IrteTableId, index: u32, entry: u128) {
+        (**self).write(table, index, entry)
     }
-    fn read(&self, index: u32) -> Option<u128> {
-        (**self).read(index)
+    fn read(&self, table: IrteTableId, index: u32) -> Option<u128> {
+        (**self).read(table, index)
     }
 }
 

@@ -4,22 +4,24 @@
 //! steps on failure, so a status other than `SUCCESS` always means "nothing changed"
 //! (VIR-CALL-H-006). Handlers see only the host-private copy of the request.
 
+use vir_abi::VIR_VERSION_1;
 use vir_abi::call::CallCode;
 use vir_abi::feature::Features;
-use vir_abi::hw::vtd::{PostedIrte, RemappedIrte, Svt};
 use vir_abi::status::Status;
 use vir_abi::wire::{
     ActivateRequest, ActivateResponse, AllocateRequest, AllocateResponse, DeactivateRequest,
-    FreeRequest, MessageFormat, NegotiateRequest, NegotiateResponse, QueryResponse, QuotaResponse,
+    FreeRequest, NegotiateRequest, NegotiateResponse, QueryResponse, QuotaResponse,
     SetAffinityRequest, StorageKind, TARGET_VECTOR_MIN, Target, activate_flags, vm_state,
 };
-use vir_abi::{VIR_VERSION_1, hw::vtd::IrteError};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::backend::{HostVector, IrqSource, IrteTable, PhysicalIrqs, RouteTarget, VirtualRouting};
-use crate::config::{DeviceConfig, HostConfig, IrMode, SourceValidation, VcpuConfig};
-use crate::table::TableAllocator;
+use crate::backend::{
+    HostVector, IrqSource, IrteTable, IrteTableId, PhysicalIrqs, RouteTarget, VirtualRouting,
+};
+use crate::config::{DeviceConfig, HostConfig, VcpuConfig};
+use crate::iommu::{ActiveEntry, VendorError, ga_tag};
+use crate::table::TableAllocators;
 use crate::vm::{ActiveVector, Allocation, GuestTarget, VectorState, Vm, VmState};
 
 /// Lowest version this host offers.
@@ -33,7 +35,7 @@ pub(crate) struct Phys<'a, T, R, P> {
     pub table: &'a mut T,
     pub routing: &'a mut R,
     pub irqs: &'a mut P,
-    pub alloc: &'a mut TableAllocator,
+    pub alloc: &'a mut TableAllocators,
 }
 
 /// A successful call's response.
@@ -106,7 +108,7 @@ fn query(config: &HostConfig, vm: &Vm) -> Response {
     Response::Query(QueryResponse {
         min_version: U16::new(MIN_VERSION),
         max_version: U16::new(MAX_VERSION),
-        message_format: MessageFormat::VTD_REMAPPABLE.0,
+        message_format: config.vendor().message_format().0,
         max_msi_log2: config.max_msi_log2,
         vm_state: state,
         reserved0: 0,
@@ -246,12 +248,15 @@ fn allocate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         return Err(Status::QUOTA_EXCEEDED);
     }
     // 9. VIR-ALC-H-009
-    let base = phys.alloc.find(log2).ok_or(Status::TABLE_FULL)?;
+    let vendor = phys.config.vendor();
+    let table = vendor.table_of(dev);
+    let base = phys.alloc.find(table, log2).ok_or(Status::TABLE_FULL)?;
+    let message = vendor.message(base).map_err(|_| Status::BACKEND_FAILURE)?;
 
     // Commit: nothing below fails.
-    phys.alloc.take(base, log2);
+    phys.alloc.take(table, base, log2);
     for i in base..base + count {
-        phys.table.write(i, 0); // VIR-ALC-H-011: reserved, not present
+        phys.table.write(table, i, 0); // VIR-ALC-H-011: reserved, not present
     }
     let allocation = Allocation {
         device_id,
@@ -259,12 +264,14 @@ fn allocate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         index,
         log2_count: log2,
         base,
+        table,
+        message,
         message_issued: false,
         vectors: vec![VectorState::Allocated; count as usize],
     };
     let Ok(handle) = vm.allocations.insert(allocation) else {
         // can_insert() was checked above with no change in between.
-        phys.alloc.release(base, log2);
+        phys.alloc.release(table, base, log2);
         return Err(Status::QUOTA_EXCEEDED);
     };
     vm.slots.insert(key, handle);
@@ -276,75 +283,26 @@ fn allocate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     }))
 }
 
-fn source_id(dev: &DeviceConfig) -> (u16, Svt) {
-    match dev.source_validation {
-        SourceValidation::RequesterId => (dev.requester_id, Svt::VerifySid),
-        SourceValidation::BusRange { start_bus, end_bus } => (
-            (u16::from(start_bus) << 8) | u16::from(end_bus),
-            Svt::VerifyBus,
-        ),
-    }
-}
-
-/// The present IRTE behind an active vector (VIR-FMT-H-003, VIR-SEC-H-001); also used for the
-/// host's own IRTEs of the legacy scheme.
+/// The present IRTE behind an active vector, composed by the vendor seam (VIR-FMT-H-003,
+/// VIR-FMT-H-006, VIR-SEC-H-001); also used for the host's own IRTEs of the legacy scheme.
 pub(crate) fn active_irte(
     config: &HostConfig,
     dev: &DeviceConfig,
     target: GuestTarget,
     vcpu: &VcpuConfig,
     host: HostVector,
-) -> Result<u128, IrteError> {
-    let (sid, svt) = source_id(dev);
-    match config.ir_mode {
-        IrMode::Posted => PostedIrte {
-            present: true,
-            fpd: false,
-            avail: 0,
-            urgent: false,
-            vector: target.vector,
-            pda: vcpu.pda,
-            sid,
-            sq: 0,
-            svt,
-        }
-        .encode(),
-        IrMode::Remapped => RemappedIrte {
-            present: true,
-            fpd: false,
-            dest_mode_logical: false,
-            redirection_hint: false,
-            trigger_level: false,
-            delivery_mode: 0,
-            avail: 0,
-            vector: host.vector,
-            dest: host.apic_id,
-            sid,
-            sq: 0,
-            svt,
-        }
-        .encode(config.apic_mode),
-    }
-}
-
-/// The IRTE of a reservation: not present, FPD = 1 (blocked silently), source check kept.
-fn reserved_irte(config: &HostConfig, dev: &DeviceConfig) -> Result<u128, IrteError> {
-    let (sid, svt) = source_id(dev);
-    RemappedIrte {
-        present: false,
-        fpd: true,
-        dest_mode_logical: false,
-        redirection_hint: false,
-        trigger_level: false,
-        delivery_mode: 0,
-        avail: 0,
-        vector: 0,
-        dest: 0,
-        sid,
-        sq: 0,
-        svt,
-    }
-    .encode(config.apic_mode)
+    tag: u32,
+) -> Result<u128, VendorError> {
+    config.vendor().active_irte(
+        config,
+        &ActiveEntry {
+            device: dev,
+            target,
+            vcpu,
+            host,
+            tag,
+        },
+    )
 }
 
 /// Step 5 of ACTIVATE / 4 of SET_AFFINITY: the target names a vCPU of this VM and a valid vector
@@ -399,13 +357,17 @@ fn activate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     let index = alloc.base + sub;
     // No overflow: an MSI allocation has index 0, every other kind has one vector (sub = 0).
     let (device_id, kind, slot) = (alloc.device_id, alloc.kind, alloc.index + sub);
-    let message = alloc.message();
+    let (message, table) = (alloc.message(), alloc.table);
     let dev = *vm.device(device_id).ok_or(Status::NOT_YOUR_DEVICE)?;
 
     let new_state = if reserve {
         // 6 (RESERVE): no vector, route or IRQ; target ignored.
-        let irte = reserved_irte(phys.config, &dev).map_err(|_| Status::BACKEND_FAILURE)?;
-        phys.table.write(index, irte);
+        let irte = phys
+            .config
+            .vendor()
+            .reserved_irte(phys.config, &dev)
+            .map_err(|_| Status::BACKEND_FAILURE)?;
+        phys.table.write(table, index, irte);
         VectorState::Reserved
     } else {
         // 5. VIR-ACT-H-005
@@ -435,7 +397,8 @@ fn activate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
                 return Err(e.status());
             }
         };
-        let irte = match active_irte(phys.config, &dev, target, &vcpu, host_irq.vector) {
+        let tag = ga_tag(vm.id.0, vcpu_index);
+        let irte = match active_irte(phys.config, &dev, target, &vcpu, host_irq.vector, tag) {
             Ok(irte) => irte,
             Err(_) => {
                 phys.irqs.stop(host_irq.id); // VIR-ACT-H-007
@@ -444,7 +407,7 @@ fn activate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
             }
         };
         // (c): in posted mode (and remapped) the entry is written only now, after (a) and (b).
-        phys.table.write(index, irte);
+        phys.table.write(table, index, irte);
         vm.vectors_used += 1;
         VectorState::Active(ActiveVector {
             target,
@@ -466,7 +429,7 @@ fn activate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         address_lo: U32::new(message.address_lo),
         address_hi: U32::new(message.address_hi),
         data: U32::new(message.data),
-        format: MessageFormat::VTD_REMAPPABLE.0,
+        format: phys.config.vendor().message_format().0,
         reserved0: 0,
         reserved1: U16::ZERO,
         reserved2: U64::ZERO,
@@ -495,7 +458,7 @@ fn set_affinity<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     let VectorState::Active(active) = state else {
         return Err(Status::INVALID_STATE);
     };
-    let index = alloc.base + sub;
+    let (table, index) = (alloc.table, alloc.base + sub);
     let dev = *vm.device(alloc.device_id).ok_or(Status::NOT_YOUR_DEVICE)?;
     // 4. VIR-AFF-H-003
     let (target, vcpu_index, vcpu) = resolve_target(vm, &req.target)?;
@@ -517,7 +480,8 @@ fn set_affinity<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
             irqs.abort_affinity(active.host_irq.id);
         }
     };
-    let irte = match active_irte(phys.config, &dev, target, &vcpu, host_vector) {
+    let tag = ga_tag(vm.id.0, vcpu_index);
+    let irte = match active_irte(phys.config, &dev, target, &vcpu, host_vector, tag) {
         Ok(irte) => irte,
         Err(_) => {
             abort(phys.irqs);
@@ -536,7 +500,7 @@ fn set_affinity<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     // The IRTE is rewritten in one update (remapped mode on the same pCPU: it is unchanged,
     // only the route moved); the message is untouched (VIR-AFF-H-005).
     if irte != active.irte {
-        phys.table.write(index, irte);
+        phys.table.write(table, index, irte);
     }
     if moving {
         phys.irqs.commit_affinity(active.host_irq.id);
@@ -566,14 +530,14 @@ fn teardown_vector<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     phys: &mut Phys<'_, T, R, P>,
     vm_id: crate::backend::VmId,
     vectors_used: &mut u32,
-    index: u32,
+    (table, index): (IrteTableId, u32),
     state: VectorState,
 ) {
     match state {
         VectorState::Allocated => {}
-        VectorState::Reserved => phys.table.write(index, 0),
+        VectorState::Reserved => phys.table.write(table, index, 0),
         VectorState::Active(a) => {
-            phys.table.write(index, 0);
+            phys.table.write(table, index, 0);
             phys.irqs.stop(a.host_irq.id);
             phys.routing.remove_route(vm_id, a.gsi);
             *vectors_used = vectors_used.saturating_sub(1);
@@ -610,7 +574,7 @@ fn deactivate<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         return Err(Status::INVALID_STATE);
     }
     // VIR-DEA-H-003
-    teardown_vector(phys, vm_id, vectors_used, index, *slot);
+    teardown_vector(phys, vm_id, vectors_used, (alloc.table, index), *slot);
     *slot = VectorState::Allocated;
     Ok(Response::Empty)
 }
@@ -627,12 +591,13 @@ fn release_allocation<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
             phys,
             vm.id,
             &mut vm.vectors_used,
-            alloc.base + sub as u32,
+            (alloc.table, alloc.base + sub as u32),
             *state,
         );
     }
     // Entries of `Allocated` vectors are already 0 (written so by ALLOCATE and teardown).
-    phys.alloc.release(alloc.base, alloc.log2_count);
+    phys.alloc
+        .release(alloc.table, alloc.base, alloc.log2_count);
     vm.slots
         .remove(&(alloc.device_id, alloc.kind.0, alloc.index));
     vm.irtes_used = vm.irtes_used.saturating_sub(alloc.count());

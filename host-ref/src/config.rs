@@ -12,6 +12,8 @@ use vir_abi::feature::Features;
 use vir_abi::hw::ApicMode;
 use vir_abi::wire::MSI_MAX_LOG2;
 
+use crate::iommu::IommuKind;
+
 /// How the host delivers the interrupts behind the IRTEs it programs (VIR-FMT-H-003).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IrMode {
@@ -26,12 +28,18 @@ pub enum IrMode {
 /// Host-wide configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostConfig {
-    /// Whether the host's physical interrupt remapping is enabled (VT-d: IRES = 1).
+    /// Whether the host's physical interrupt remapping is enabled (VT-d: IRES = 1; AMD-Vi:
+    /// the IOMMU enabled with IV = 1 and IntCtl = remapped in the DTE of every vIR device).
     pub physical_ir_enabled: bool,
-    /// Whether compatibility-format interrupts are blocked (VT-d: CFIS = 0). With either this
+    /// Whether compatibility-format interrupts are blocked (VT-d: CFIS = 0; AMD-Vi: the INIT,
+    /// ExtInt, NMI, LINT0 and LINT1 pass-through bits clear in those DTEs). With either this
     /// or [`HostConfig::physical_ir_enabled`] false, vIR is not offered at all (VIR-DISC-H-001).
     pub compat_format_blocked: bool,
-    /// Remapped or posted delivery.
+    /// The IOMMU vendor: what the host programs and the message format it returns
+    /// ([`crate::iommu`]).
+    pub iommu: IommuKind,
+    /// Remapped or posted delivery (AMD-Vi: posted is guest virtual APIC mode, and
+    /// [`VcpuConfig::pda`] is the vCPU's vAPIC backing page).
     pub ir_mode: IrMode,
     /// Destination format of remapped IRTEs (IRTA.EIME); x2APIC writes the full 32-bit APIC id.
     pub apic_mode: ApicMode,
@@ -105,6 +113,13 @@ impl HostConfig {
         if self.max_msi_log2 > MSI_MAX_LOG2 {
             return Err(ConfigError::MaxMsiLog2(self.max_msi_log2));
         }
+        if !crate::iommu::supports(self.iommu, self.apic_mode, self.ir_mode) {
+            return Err(ConfigError::IommuMode {
+                iommu: self.iommu,
+                apic_mode: self.apic_mode,
+                ir_mode: self.ir_mode,
+            });
+        }
         let last = CPUID_RANGE_FIRST + (CPUID_BASES - 1) * CPUID_STRIDE;
         if self.cpuid_base <= CPUID_RANGE_FIRST
             || self.cpuid_base > last
@@ -130,12 +145,13 @@ impl HostConfig {
 
 impl Default for HostConfig {
     /// IR on, compatibility format blocked, posted mode, x2APIC, every v1 feature, MSI blocks up
-    /// to 32, CPUID base `0x4000_0100`, `VMCALL` and a doorbell at port `0x5650`, quotas
+    /// to 32, VT-d, CPUID base `0x4000_0100`, `VMCALL` and a doorbell at port `0x5650`, quotas
     /// over-committed, vectors per physical CPU unknown.
     fn default() -> Self {
         HostConfig {
             physical_ir_enabled: true,
             compat_format_blocked: true,
+            iommu: IommuKind::Vtd,
             ir_mode: IrMode::Posted,
             apic_mode: ApicMode::X2Apic,
             features_offered: Features::V1_DEFINED,
@@ -174,7 +190,9 @@ impl Default for Quotas {
 pub struct VcpuConfig {
     /// The guest's (virtual) x2APIC id of this vCPU: what a guest names in a target.
     pub apic_id: u32,
-    /// Host physical address of this vCPU's posted-interrupt descriptor (64-byte aligned).
+    /// Host physical address of this vCPU's posted-interrupt descriptor (64-byte aligned); on an
+    /// AMD-Vi host in posted mode, of its vAPIC backing page (4 KiB aligned, checked by
+    /// [`Host::add_vm`](crate::Host::add_vm)).
     pub pda: u64,
     /// The physical CPU this vCPU runs on (host IRQs for it are placed there in remapped mode).
     pub pcpu: u32,
@@ -496,7 +514,8 @@ pub enum ConfigError {
     NoBinding,
     /// Doorbell port 0, or the port range wraps past `0xffff`.
     DoorbellPort(u16),
-    /// The remapping table size reported by the backend is 0 or above 65536.
+    /// The remapping table size reported by the backend is 0 or above the vendor's largest
+    /// table (VT-d 65536, AMD-Vi 2048).
     TableSize(u32),
     /// A VM without vCPUs.
     NoVcpus,
@@ -556,6 +575,24 @@ pub enum ConfigError {
         /// What there is.
         available: u32,
     },
+    /// An IOMMU that cannot serve the APIC or delivery mode (AMD-Vi 32-bit entries: xAPIC
+    /// destinations and remapped mode only).
+    IommuMode {
+        /// The IOMMU.
+        iommu: IommuKind,
+        /// The APIC mode asked for.
+        apic_mode: ApicMode,
+        /// The delivery mode asked for.
+        ir_mode: IrMode,
+    },
+    /// AMD-Vi guest virtual APIC mode: a vAPIC backing page address 0, not 4 KiB aligned or
+    /// above 2^52.
+    BadBackingPage {
+        /// vCPU index.
+        vcpu: u32,
+        /// The address.
+        address: u64,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -571,7 +608,10 @@ impl fmt::Display for ConfigError {
             }
             Self::NoBinding => f.write_str("no binding offered"),
             Self::DoorbellPort(p) => write!(f, "doorbell port {p:#x} is 0 or its range wraps"),
-            Self::TableSize(s) => write!(f, "remapping table size {s} is not in 1..=65536"),
+            Self::TableSize(s) => write!(
+                f,
+                "remapping table size {s} is 0 or too large for the IOMMU"
+            ),
             Self::NoVcpus => f.write_str("VM has no vCPU"),
             Self::TooManyVcpus(n) => write!(f, "{n} vCPUs exceed a 32-bit index"),
             Self::BadPda { vcpu, pda } => {
@@ -618,6 +658,18 @@ impl fmt::Display for ConfigError {
                 f,
                 "guest-writable range of {:#x} bytes at {:#x} is empty or wraps",
                 r.len, r.start
+            ),
+            Self::IommuMode {
+                iommu,
+                apic_mode,
+                ir_mode,
+            } => write!(
+                f,
+                "{iommu:?} cannot serve {apic_mode:?} destinations in {ir_mode:?} mode"
+            ),
+            Self::BadBackingPage { vcpu, address } => write!(
+                f,
+                "vCPU {vcpu}: vAPIC backing page {address:#x} is 0, not 4 KiB aligned or above 2^52"
             ),
         }
     }

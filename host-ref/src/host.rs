@@ -16,11 +16,12 @@ use zerocopy::FromBytes;
 
 use crate::backend::{IrteTable, PhysicalIrqs, VirtualRouting, VmId};
 use crate::calls::{self, MAX_VERSION, MIN_VERSION, Phys};
-use crate::config::{ConfigError, HostConfig, VmConfig};
+use crate::config::{ConfigError, HostConfig, IrMode, VmConfig};
 use crate::counters::{Binding, Counters};
+use crate::iommu::IommuKind;
 use crate::memory::{self, GuestBuffer};
 use crate::snapshot::VmSnapshot;
-use crate::table::TableAllocator;
+use crate::table::TableAllocators;
 use crate::vm::Vm;
 
 /// The general-purpose registers the register binding reads and writes (x86-64).
@@ -107,7 +108,7 @@ pub struct Host<T, R, P> {
     table: T,
     routing: R,
     irqs: P,
-    alloc: TableAllocator,
+    alloc: TableAllocators,
     vms: BTreeMap<VmId, Vm>,
     next_vm: u32,
     removed: Counters,
@@ -118,7 +119,12 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
     pub fn new(config: HostConfig, table: T, routing: R, irqs: P) -> Result<Self, ConfigError> {
         config.validate()?;
         let size = table.size();
-        if size == 0 || size > 0x1_0000 {
+        // AMD-Vi: 2^IntTabLen entries per device.
+        let per_device = matches!(config.iommu, IommuKind::AmdVi(_));
+        if size == 0
+            || size > config.vendor().max_table_entries()
+            || (per_device && !size.is_power_of_two())
+        {
             return Err(ConfigError::TableSize(size));
         }
         Ok(Host {
@@ -126,7 +132,7 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
             table,
             routing,
             irqs,
-            alloc: TableAllocator::new(size),
+            alloc: TableAllocators::new(size),
             vms: BTreeMap::new(),
             next_vm: 0,
             removed: Counters::default(),
@@ -148,6 +154,17 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
     /// other VMs' quotas leave (VIR-SEC-H-013).
     pub fn add_vm(&mut self, config: VmConfig) -> Result<VmId, ConfigError> {
         config.validate()?;
+        if matches!(self.config.iommu, IommuKind::AmdVi(_)) && self.config.ir_mode == IrMode::Posted
+        {
+            for (i, v) in config.vcpus.iter().enumerate() {
+                if v.pda == 0 || !v.pda.is_multiple_of(4096) || v.pda >> 52 != 0 {
+                    return Err(ConfigError::BadBackingPage {
+                        vcpu: u32::try_from(i).unwrap_or(u32::MAX),
+                        address: v.pda,
+                    });
+                }
+            }
+        }
         let existing = self.vms.values().map(|v| &v.config);
         crate::config::admit(&config, existing, &self.config, self.table.size())?;
         let id = VmId(self.next_vm);
@@ -211,7 +228,9 @@ impl<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs> Host<T, R, P> {
         &mut self.irqs
     }
 
-    /// Remapping-table entries not allocated to any VM.
+    /// Remapping-table entries not allocated to any VM: of the unit's table (VT-d), plus those
+    /// of every device table in use (AMD-Vi; a device table is in use once an entry of it was
+    /// allocated).
     pub fn table_free(&self) -> u32 {
         self.alloc.free()
     }

@@ -76,6 +76,7 @@ pub mod counters;
 mod fixture;
 pub mod handles;
 mod host;
+pub mod iommu;
 pub mod legacy;
 mod memory;
 pub mod snapshot;
@@ -86,7 +87,7 @@ pub mod vm;
 
 pub use backend::{
     BackendError, BackendOp, Gsi, HostIrq, HostIrqId, HostVector, IrqSource, IrteTable,
-    PhysicalIrqs, RouteTarget, VirtualRouting, VmId,
+    IrteTableId, PhysicalIrqs, RouteTarget, VirtualRouting, VmId,
 };
 pub use calls::{MAX_VERSION, MIN_VERSION};
 pub use config::{
@@ -95,6 +96,7 @@ pub use config::{
 };
 pub use counters::{Binding, Counters};
 pub use host::{DoorbellIgnored, Host, HostError, PioOutcome, X86Regs};
+pub use iommu::{AmdIrteFormat, AmdViConfig, IommuKind, RemappingVendor};
 pub use legacy::viommu::{Viommu, ViommuWrite, VirtualFault};
 pub use legacy::{
     DeviceStorage, LegacyConfig, LegacyCounters, LegacySetupError, LegacySlot, MsiRefusal,

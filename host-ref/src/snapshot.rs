@@ -7,7 +7,7 @@ use crate::config::Quotas;
 use crate::handles::HandleSlot;
 use crate::legacy::viommu::Viommu;
 use crate::legacy::{EmulatedMsi, EmulatedMsix};
-use crate::table::{TableAllocator, TableView};
+use crate::table::{TableAllocators, TableView};
 use crate::vm::{Allocation, Vm, VmState};
 
 /// Everything a call of one VM can change on the host, by value.
@@ -49,12 +49,12 @@ pub struct VmSnapshot {
 }
 
 impl VmSnapshot {
-    pub(crate) fn capture<T: IrteTable>(vm: &Vm, alloc: &TableAllocator, table: &T) -> Self {
+    pub(crate) fn capture<T: IrteTable>(vm: &Vm, alloc: &TableAllocators, table: &T) -> Self {
         let irtes = vm
             .allocations
             .iter()
-            .flat_map(|(_, a)| a.base..a.base + a.count())
-            .map(|i| (i, table.read(i)))
+            .flat_map(|(_, a)| (a.base..a.base + a.count()).map(|i| (a.table, i)))
+            .map(|(t, i)| (i, table.read(t, i)))
             .collect();
         VmSnapshot {
             state: vm.state,

@@ -1,6 +1,7 @@
-//! The host-wide index allocator of the physical interrupt remapping table.
+//! The host-wide index allocators of the physical interrupt remapping tables.
 //!
-//! Every VM of a host draws its IRTEs from the one table of the remapping unit. An allocation
+//! Every VM of a host draws its IRTEs from the one table of the remapping unit (VT-d), or from
+//! the table of the device the entry is for (AMD-Vi: each device has its own index space). An allocation
 //! of `2^n` entries (an MSI block of `2^n` vectors, or a single entry with `n = 0`) is a
 //! naturally aligned run: its base is a multiple of `2^n`, so the device can add the vector
 //! index to the sub-handle and land on the block's own entries (VIR-ALC-H-009).
@@ -8,6 +9,10 @@
 //! The allocator is a bitmap of 64-bit words. Runs are at most 32 entries, so an aligned run
 //! never straddles a word: finding one costs at most `size / 64` word tests, first fit from
 //! index 0.
+
+use std::collections::BTreeMap;
+
+use crate::backend::IrteTableId;
 
 /// Largest `log2` of a run (MSI blocks of 32).
 pub const MAX_RUN_LOG2: u8 = 5;
@@ -122,10 +127,104 @@ impl TableAllocator {
     }
 }
 
+/// The index allocators of every physical table: one for the remapping unit's table (VT-d), or
+/// one per device table (AMD-Vi), each over [`IrteTable::size`](crate::IrteTable::size)
+/// entries and created on first use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableAllocators {
+    size: u32,
+    tables: BTreeMap<IrteTableId, TableAllocator>,
+}
+
+impl TableAllocators {
+    /// Allocators for tables of `size` entries; the unit's table exists from the start.
+    pub(crate) fn new(size: u32) -> Self {
+        TableAllocators {
+            size,
+            tables: BTreeMap::from([(IrteTableId::Unit, TableAllocator::new(size))]),
+        }
+    }
+
+    /// Find the lowest free naturally aligned run of `2^log2` entries in `table`.
+    pub(crate) fn find(&self, table: IrteTableId, log2: u8) -> Option<u32> {
+        match self.tables.get(&table) {
+            Some(a) => a.find(log2),
+            None => TableAllocator::new(self.size).find(log2),
+        }
+    }
+
+    /// Mark a run of `table` used.
+    pub(crate) fn take(&mut self, table: IrteTableId, base: u32, log2: u8) {
+        let size = self.size;
+        self.tables
+            .entry(table)
+            .or_insert_with(|| TableAllocator::new(size))
+            .take(base, log2);
+    }
+
+    /// Mark a run of `table` free.
+    pub(crate) fn release(&mut self, table: IrteTableId, base: u32, log2: u8) {
+        if let Some(a) = self.tables.get_mut(&table) {
+            a.release(base, log2);
+        }
+    }
+
+    /// Free entries of the unit's table and of every device table in use.
+    pub(crate) fn free(&self) -> u32 {
+        self.tables
+            .values()
+            .fold(0u32, |n, a| n.saturating_add(a.free()))
+    }
+
+    /// Whether entry `index` of `table` is in use.
+    #[cfg(test)]
+    pub(crate) fn is_used(&self, table: IrteTableId, index: u32) -> bool {
+        self.tables.get(&table).is_some_and(|a| a.is_used(index))
+    }
+
+    /// The snapshot view: the unit's table, followed by every device table in use in
+    /// requester-id order (sizes and free counts added, bitmaps concatenated).
+    pub(crate) fn view(&self) -> TableView {
+        let mut v = TableView {
+            size: 0,
+            free: 0,
+            bitmap: Vec::new(),
+        };
+        for a in self.tables.values() {
+            let w = a.view();
+            v.size = v.size.saturating_add(w.size);
+            v.free = v.free.saturating_add(w.free);
+            v.bitmap.extend(w.bitmap);
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn allocators_keep_each_device_table_apart() {
+        let (a, b) = (IrteTableId::Device(1), IrteTableId::Device(2));
+        let mut t = TableAllocators::new(64);
+        assert_eq!((t.find(a, 0), t.find(b, 5)), (Some(0), Some(0)));
+        t.take(a, 0, 5);
+        assert!(t.is_used(a, 31) && !t.is_used(b, 0) && !t.is_used(IrteTableId::Unit, 0));
+        assert_eq!((t.find(a, 5), t.find(b, 5)), (Some(32), Some(0)));
+        t.take(b, 0, 0);
+        // The unit's table and both device tables are counted; their bitmaps concatenated.
+        assert_eq!(t.free(), 64 + 32 + 63);
+        let v = t.view();
+        assert_eq!(
+            (v.size, v.free, v.bitmap),
+            (192, 159, vec![0, 0xFFFF_FFFF, 1])
+        );
+        t.release(a, 0, 5);
+        t.release(IrteTableId::Device(9), 0, 0); // a table never used: nothing happens
+        assert_eq!(t.free(), 64 + 64 + 63);
+    }
 
     #[test]
     fn runs_are_naturally_aligned_first_fit() {

@@ -41,7 +41,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::{
     BackendError, BackendOp, Gsi, HostIrq, HostIrqId, HostVector, IrqSource, IrteTable,
-    PhysicalIrqs, RouteTarget, VirtualRouting, VmId,
+    IrteTableId, PhysicalIrqs, RouteTarget, VirtualRouting, VmId,
 };
 use crate::config::{ConfigError, HostConfig};
 use crate::host::Host;
@@ -55,6 +55,8 @@ pub use device_storage::{MockDeviceStorage, PhysicalDevice, StorageWrite};
 pub enum Event {
     /// An IRTE was written (and invalidated).
     IrteWrite {
+        /// The table.
+        table: IrteTableId,
         /// Table index.
         index: u32,
         /// Raw entry.
@@ -234,20 +236,24 @@ impl Faults {
     }
 }
 
-/// An in-memory remapping table.
+/// In-memory remapping tables: the unit's table ([`IrteTableId::Unit`], VT-d) and, created
+/// on first write, one table per device ([`IrteTableId::Device`], AMD-Vi), each of the same
+/// size.
 #[derive(Debug, Clone)]
 pub struct MockIrteTable {
-    entries: Vec<u128>,
+    size: u32,
+    tables: BTreeMap<IrteTableId, Vec<u128>>,
     writes: u64,
     invalid_writes: u64,
     journal: Journal,
 }
 
 impl MockIrteTable {
-    /// A table of `size` entries, all zero.
+    /// Tables of `size` entries, all zero.
     pub fn new(size: u32) -> Self {
         MockIrteTable {
-            entries: vec![0; size as usize],
+            size,
+            tables: BTreeMap::from([(IrteTableId::Unit, vec![0; size as usize])]),
             writes: 0,
             invalid_writes: 0,
             journal: Journal::new(),
@@ -260,14 +266,38 @@ impl MockIrteTable {
         self
     }
 
-    /// Every entry.
+    /// Every entry of the unit's table (VT-d).
     pub fn entries(&self) -> &[u128] {
-        &self.entries
+        self.table_entries(IrteTableId::Unit)
     }
 
-    /// One entry (`None` out of range).
+    /// Every entry of `table` (empty for a device table never written).
+    pub fn table_entries(&self, table: IrteTableId) -> &[u128] {
+        self.tables.get(&table).map_or(&[], Vec::as_slice)
+    }
+
+    /// The tables written so far (the unit's table always).
+    pub fn tables(&self) -> impl Iterator<Item = IrteTableId> + '_ {
+        self.tables.keys().copied()
+    }
+
+    /// One entry of the unit's table (`None` out of range).
     pub fn entry(&self, index: u32) -> Option<u128> {
-        self.entries.get(index as usize).copied()
+        self.entry_in(IrteTableId::Unit, index)
+    }
+
+    /// One entry of `table` (`None` out of range; 0 in a device table never written).
+    pub fn entry_in(&self, table: IrteTableId, index: u32) -> Option<u128> {
+        if index >= self.size {
+            return None;
+        }
+        Some(
+            self.tables
+                .get(&table)
+                .and_then(|t| t.get(index as usize))
+                .copied()
+                .unwrap_or(0),
+        )
     }
 
     /// Number of writes.
@@ -283,22 +313,29 @@ impl MockIrteTable {
 
 impl IrteTable for MockIrteTable {
     fn size(&self) -> u32 {
-        self.entries.len() as u32
+        self.size
     }
 
-    fn write(&mut self, index: u32, entry: u128) {
-        match self.entries.get_mut(index as usize) {
-            Some(e) => {
-                *e = entry;
-                self.writes += 1;
-                self.journal.push(Event::IrteWrite { index, entry });
-            }
-            None => self.invalid_writes += 1,
+    fn write(&mut self, table: IrteTableId, index: u32, entry: u128) {
+        if index >= self.size {
+            self.invalid_writes += 1;
+            return;
+        }
+        let size = self.size as usize;
+        let t = self.tables.entry(table).or_insert_with(|| vec![0; size]);
+        if let Some(e) = t.get_mut(index as usize) {
+            *e = entry;
+            self.writes += 1;
+            self.journal.push(Event::IrteWrite {
+                table,
+                index,
+                entry,
+            });
         }
     }
 
-    fn read(&self, index: u32) -> Option<u128> {
-        self.entry(index)
+    fn read(&self, table: IrteTableId, index: u32) -> Option<u128> {
+        self.entry_in(table, index)
     }
 }
 
@@ -718,8 +755,10 @@ pub fn mock_host(
 /// The comparable state of the three mocks (no counters, plans or journals).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MockState {
-    /// Every IRTE.
+    /// Every IRTE of the unit's table (VT-d).
     pub irtes: Vec<u128>,
+    /// Every IRTE of each device table written so far (AMD-Vi), by requester id.
+    pub device_irtes: BTreeMap<u16, Vec<u128>>,
     /// Every route.
     pub routes: BTreeMap<(VmId, Gsi), RouteTarget>,
     /// Every started IRQ.
@@ -733,6 +772,15 @@ pub fn mock_state(host: &MockHost) -> MockState {
     let irqs = host.irqs();
     MockState {
         irtes: host.table().entries().to_vec(),
+        device_irtes: host
+            .table()
+            .tables
+            .iter()
+            .filter_map(|(t, e)| match t {
+                IrteTableId::Unit => None,
+                IrteTableId::Device(rid) => Some((*rid, e.clone())),
+            })
+            .collect(),
         routes: host.routing().routes().clone(),
         irqs: irqs.irqs().clone(),
         vectors: irqs.cpus.iter().map(|c| c.used.clone()).collect(),
@@ -1269,12 +1317,42 @@ mod tests {
     fn table_logs_writes_and_rejects_out_of_range() {
         let j = Journal::new();
         let mut t = MockIrteTable::new(4).with_journal(j.clone());
-        t.write(3, 7);
-        t.write(4, 7);
+        t.write(IrteTableId::Unit, 3, 7);
+        t.write(IrteTableId::Unit, 4, 7);
         assert_eq!(t.entry(3), Some(7));
-        assert_eq!(t.read(4), None);
+        assert_eq!(t.read(IrteTableId::Unit, 4), None);
         assert_eq!((t.writes(), t.invalid_writes()), (1, 1));
-        assert_eq!(j.events(), vec![Event::IrteWrite { index: 3, entry: 7 }]);
+        assert_eq!(
+            j.events(),
+            vec![Event::IrteWrite {
+                table: IrteTableId::Unit,
+                index: 3,
+                entry: 7
+            }]
+        );
+    }
+
+    #[test]
+    fn table_keeps_one_table_per_device_apart() {
+        let mut t = MockIrteTable::new(8);
+        let (a, b) = (IrteTableId::Device(0x0100), IrteTableId::Device(0x0200));
+        assert_eq!(
+            t.read(a, 2),
+            Some(0),
+            "a device table never written reads 0"
+        );
+        t.write(a, 2, 5);
+        t.write(b, 2, 9);
+        t.write(b, 8, 1);
+        assert_eq!((t.read(a, 2), t.read(b, 2)), (Some(5), Some(9)));
+        assert_eq!(t.entry(2), Some(0), "the unit's table is untouched");
+        assert_eq!(t.read(a, 8), None);
+        assert_eq!((t.writes(), t.invalid_writes()), (2, 1));
+        assert_eq!(
+            t.tables().collect::<Vec<_>>(),
+            vec![IrteTableId::Unit, a, b]
+        );
+        assert_eq!(t.table_entries(b).len(), 8);
     }
 
     #[test]

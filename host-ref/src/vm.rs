@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 
 use vir_abi::feature::Features;
 use vir_abi::hw::MsiMessage;
-use vir_abi::hw::vtd::RemappableMsi;
 use vir_abi::wire::StorageKind;
 
-use crate::backend::{Gsi, HostIrq, VmId};
+use crate::backend::{Gsi, HostIrq, IrteTableId, VmId};
 use crate::config::{DeviceConfig, VcpuConfig, VmConfig};
 use crate::counters::Counters;
 use crate::handles::HandleTable;
@@ -81,6 +80,10 @@ pub struct Allocation {
     pub log2_count: u8,
     /// First physical IRTE index (naturally aligned to the count).
     pub base: u32,
+    /// The physical table the entries live in (the device's own table on AMD-Vi).
+    pub table: IrteTableId,
+    /// The message, composed by the vendor seam when the allocation was made.
+    pub(crate) message: MsiMessage,
     /// Whether the message was returned by an `ACTIVATE` already.
     pub message_issued: bool,
     /// Per-vector state, indexed by sub-handle.
@@ -93,16 +96,13 @@ impl Allocation {
         1 << self.log2_count
     }
 
-    /// The message of this allocation (VIR-ACT-H-009, VIR-FMT-H-001): VT-d remappable format,
-    /// handle = first IRTE index, SHV = 1, data = 0, high address 0. A function of the
-    /// allocation only: the same for every sub-handle, activation and affinity.
+    /// The message of this allocation (VIR-ACT-H-009, VIR-FMT-H-001, VIR-FMT-H-005), composed
+    /// by [`crate::iommu::RemappingVendor::message`] from the first IRTE index (VT-d:
+    /// remappable format, handle = first index, SHV = 1, data 0; AMD-Vi: data = first index).
+    /// A function of the allocation only: the same for every sub-handle, activation and
+    /// affinity.
     pub fn message(&self) -> MsiMessage {
-        RemappableMsi {
-            handle: self.base as u16,
-            shv: true,
-            subhandle: 0,
-        }
-        .encode()
+        self.message
     }
 }
 

@@ -213,7 +213,7 @@ fn discovery_and_calls_through_the_doorbell_on_kvm() {
     let raw = vmm
         .host()
         .table()
-        .read(u32::from(remap.irte_index()))
+        .read(vir_host::IrteTableId::Unit, u32::from(remap.irte_index()))
         .expect("index in table");
     let irte = Irte::decode(raw, ApicMode::X2Apic).expect("IRTE decodes");
     match irte {

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod amd_iommu;
 mod bitmap;
 pub mod device;
 pub mod failpoint;

@@ -23,6 +23,13 @@
 //! Anything that stops the path on the way is [`FireOutcome::Dropped`] with the reason. Every
 //! outcome is appended to a bounded delivery log.
 //!
+//! With [`Machine::enable_amd_iommu`] interrupts go through an AMD-Vi IOMMU instead of the VT-d
+//! unit (step 2): per-device tables, a target abort ends the path ([`FireOutcome::Aborted`]); a
+//! guest virtual APIC mode entry sets the vector in the vCPU's vAPIC backing page (set up with
+//! [`Machine::setup_vapic_page`]) and is reported as [`FireOutcome::Posted`] with the doorbell or
+//! GA log as its notification; [`Machine::sync_posted`] moves the page's IRR into the vCPU's
+//! local APIC.
+//!
 //! The model delivers fixed and lowest-priority interrupts in physical destination mode to the
 //! one CPU named; logical destination mode and the other delivery modes (SMI, NMI, INIT, ExtINT)
 //! are dropped with [`DropReason::UnsupportedDelivery`].
@@ -34,6 +41,7 @@ use vir_abi::hw::msi::{CompatMsi, DeliveryMode, MsiError, MsiMessage};
 use vir_abi::hw::vtd::Irta;
 use vm_memory::GuestMemoryMmap;
 
+use crate::amd_iommu::{AmdAbort, AmdIommu, AmdOutcome, IrteWidth};
 use crate::device::{Device, DeviceConfig, DeviceError, FireAction, StorageRegion};
 use crate::ids::{DeviceId, EventFdId, HostApicId, RequesterId, StorageSlot, VcpuRef, VmId};
 use crate::iommu::{RemapFault, RemapOutcome, RemappingUnit};
@@ -46,8 +54,12 @@ use crate::vfio::{HostIrq, HostIrqKey, Vfio, VfioError};
 /// How many records the delivery log keeps (oldest dropped first).
 pub const DELIVERY_LOG_CAPACITY: usize = 65536;
 
-/// The Linux posted-interrupt notification vector (`POSTED_INTR_VECTOR`), a convenient NV.
+/// The Linux posted-interrupt notification vector (`POSTED_INTR_VECTOR`), a convenient NV (and
+/// the vector the model's AVIC doorbell arrives with).
 pub const POSTED_INTR_VECTOR: u8 = 0xF2;
+
+/// Where [`Machine::setup_vapic_page`] places vAPIC backing pages.
+pub const VAPIC_PAGE_BASE: u64 = 0x3000_0000;
 
 /// How to build a [`Machine`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +127,19 @@ pub enum Notification {
     Outstanding,
     /// SN set and not urgent: no notification.
     Suppressed,
+    /// AMD-Vi guest mode, vCPU running (IsRun = 1): the AVIC doorbell was rung on its CPU.
+    Doorbell {
+        /// The physical CPU (the entry's destination).
+        pcpu: HostApicId,
+    },
+    /// AMD-Vi guest mode, vCPU not running: the GA tag went to the GA log (`logged`), or nowhere
+    /// when the entry has GALogIntr = 0.
+    GaLog {
+        /// The entry's GA tag.
+        tag: u32,
+        /// Whether a GA log record was appended.
+        logged: bool,
+    },
     /// ON was set but NDST names no physical CPU: the notification was lost.
     NoSuchPcpu(HostApicId),
 }
@@ -170,6 +195,8 @@ pub enum DropReason {
     Inject(InjectError),
     /// A posted IRTE names an address that is not a descriptor.
     NoDescriptor(DescriptorError),
+    /// AMD-Vi: the write is outside the interrupt window (a DMA write, not modelled).
+    NotInterrupt,
 }
 
 /// The end-to-end result of one interrupt.
@@ -188,6 +215,8 @@ pub enum FireOutcome {
     Posted(PostedDelivery),
     /// Blocked by the remapping unit.
     Faulted(RemapFault),
+    /// Target aborted by the AMD-Vi IOMMU.
+    Aborted(AmdAbort),
     /// Masked at the device: the pending bit is set.
     Masked,
     /// Went nowhere.
@@ -227,6 +256,8 @@ pub enum MachineError {
     Descriptor(DescriptorError),
     /// The vCPU owns no posted-interrupt descriptor.
     NoDescriptor(VcpuRef),
+    /// The operation needs the AMD-Vi IOMMU ([`Machine::enable_amd_iommu`]).
+    NoAmdIommu,
 }
 
 impl fmt::Display for MachineError {
@@ -238,6 +269,7 @@ impl fmt::Display for MachineError {
             Self::Pcpu(e) => write!(f, "{e}"),
             Self::Descriptor(e) => write!(f, "{e}"),
             Self::NoDescriptor(v) => write!(f, "{v} owns no posted-interrupt descriptor"),
+            Self::NoAmdIommu => f.write_str("the machine has no AMD-Vi IOMMU"),
         }
     }
 }
@@ -249,6 +281,8 @@ impl std::error::Error for MachineError {}
 pub struct Machine {
     pcpus: Pcpus,
     iommu: RemappingUnit,
+    amd: Option<AmdIommu>,
+    vapic_pages: BTreeMap<VcpuRef, u64>,
     posted: PostedRegion,
     kvm: Kvm,
     vfio: Vfio,
@@ -267,6 +301,8 @@ impl Machine {
             pcpus: Pcpus::new(&config.pcpus, config.vectors_per_pcpu)
                 .map_err(MachineError::Pcpu)?,
             iommu: RemappingUnit::new(config.irta),
+            amd: None,
+            vapic_pages: BTreeMap::new(),
             posted: PostedRegion::new(config.posted_base, config.posted_descriptors)
                 .map_err(MachineError::Descriptor)?,
             kvm: Kvm::new(),
@@ -399,10 +435,58 @@ impl Machine {
             .map_err(MachineError::Kvm)
     }
 
-    /// The vCPU processes its posted interrupts: ON cleared, PIR moved into its local APIC's IRR.
-    /// Returns the vectors moved, ascending (vectors below 16 are dropped by the APIC).
+    /// Routes every interrupt write through an AMD-Vi IOMMU with entries of `width` from now
+    /// on (the VT-d unit no longer sees interrupts). Device table entries are set through
+    /// [`Machine::amd_iommu_mut`].
+    pub fn enable_amd_iommu(&mut self, width: IrteWidth) {
+        self.amd = Some(AmdIommu::new(width));
+    }
+
+    /// The AMD-Vi IOMMU, if enabled.
+    pub const fn amd_iommu(&self) -> Option<&AmdIommu> {
+        self.amd.as_ref()
+    }
+
+    /// The AMD-Vi IOMMU, mutable (DTEs, IRTE writes, invalidations).
+    pub fn amd_iommu_mut(&mut self) -> Option<&mut AmdIommu> {
+        self.amd.as_mut()
+    }
+
+    /// Gives `vcpu` a vAPIC backing page (4 KiB aligned, `0x3000_0000` + 4 KiB per page) for
+    /// AMD-Vi guest mode; returns its address (the same one again if it has one).
+    pub fn setup_vapic_page(&mut self, vcpu: VcpuRef) -> Result<u64, MachineError> {
+        self.kvm.vcpu(vcpu).map_err(MachineError::Kvm)?;
+        if self.amd.is_none() {
+            return Err(MachineError::NoAmdIommu);
+        }
+        if let Some(&p) = self.vapic_pages.get(&vcpu) {
+            return Ok(p);
+        }
+        let n = self.vapic_pages.len() as u64;
+        let page = VAPIC_PAGE_BASE + n * 0x1000;
+        self.vapic_pages.insert(vcpu, page);
+        Ok(page)
+    }
+
+    fn vapic_owner(&self, page: u64) -> Option<VcpuRef> {
+        self.vapic_pages
+            .iter()
+            .find(|&(_, &p)| p == page)
+            .map(|(&v, _)| v)
+    }
+
+    /// The vCPU processes its posted interrupts: ON cleared, PIR moved into its local APIC's IRR
+    /// (AMD-Vi: the vAPIC backing page's IRR). Returns the vectors moved, ascending (vectors
+    /// below 16 are dropped by the APIC).
     pub fn sync_posted(&mut self, vcpu: VcpuRef) -> Result<Vec<u8>, MachineError> {
         self.kvm.vcpu(vcpu).map_err(MachineError::Kvm)?;
+        if let (Some(amd), Some(&page)) = (self.amd.as_mut(), self.vapic_pages.get(&vcpu)) {
+            let vectors = amd.vapic_page_mut(page).take_pending();
+            for &v in &vectors {
+                let _ = self.kvm.inject(vcpu, v);
+            }
+            return Ok(vectors);
+        }
         let pda = self
             .posted
             .pda_of(vcpu)
@@ -685,7 +769,48 @@ impl Machine {
         outcome
     }
 
+    fn deliver_amd(&mut self, requester_id: RequesterId, msg: MsiMessage) -> Option<FireOutcome> {
+        let outcome = self.amd.as_mut()?.remap(requester_id, msg);
+        Some(match outcome {
+            AmdOutcome::Abort(a) => FireOutcome::Aborted(a),
+            AmdOutcome::NotInterrupt => FireOutcome::Dropped(DropReason::NotInterrupt),
+            AmdOutcome::Remapped(r) => {
+                if r.dest_mode_logical {
+                    return Some(FireOutcome::Dropped(DropReason::UnsupportedDelivery {
+                        delivery_mode: u8::from(r.arbitrated),
+                        logical: true,
+                    }));
+                }
+                self.host_vector(r.dest, r.vector)
+            }
+            AmdOutcome::Guest(g) => {
+                let notification = match g.doorbell {
+                    Some(pcpu) => match self.pcpus.receive(pcpu, POSTED_INTR_VECTOR) {
+                        Ok(()) => Notification::Doorbell { pcpu },
+                        Err(_) => Notification::NoSuchPcpu(pcpu),
+                    },
+                    None => Notification::GaLog {
+                        tag: g.ga_tag,
+                        logged: g.ga_logged,
+                    },
+                };
+                FireOutcome::Posted(PostedDelivery {
+                    index: g.index,
+                    pda: g.backing_page,
+                    vector: g.vector,
+                    urgent: false,
+                    owner: self.vapic_owner(g.backing_page),
+                    notification,
+                })
+            }
+            AmdOutcome::PassThrough(m) => self.pass_through(m),
+        })
+    }
+
     fn deliver(&mut self, requester_id: RequesterId, msg: MsiMessage) -> FireOutcome {
+        if let Some(o) = self.deliver_amd(requester_id, msg) {
+            return o;
+        }
         match self.iommu.remap(requester_id, msg) {
             RemapOutcome::Fault(f) => FireOutcome::Faulted(f),
             RemapOutcome::Remapped(r) => {
@@ -723,25 +848,28 @@ impl Machine {
                     notification,
                 })
             }
-            RemapOutcome::PassThrough(m) => {
-                let c = match CompatMsi::decode(m, self.ext_dest_id) {
-                    Ok(c) => c,
-                    Err(e) => return FireOutcome::Dropped(DropReason::BadCompatMessage(e)),
-                };
-                if c.dest_mode_logical
-                    || !matches!(
-                        c.delivery_mode,
-                        DeliveryMode::Fixed | DeliveryMode::LowestPriority
-                    )
-                {
-                    return FireOutcome::Dropped(DropReason::UnsupportedDelivery {
-                        delivery_mode: c.delivery_mode.bits(),
-                        logical: c.dest_mode_logical,
-                    });
-                }
-                self.host_vector(HostApicId(c.dest_id), c.vector)
-            }
+            RemapOutcome::PassThrough(m) => self.pass_through(m),
         }
+    }
+
+    /// A write passed through untranslated: compatibility format to the CPU it names.
+    fn pass_through(&mut self, m: MsiMessage) -> FireOutcome {
+        let c = match CompatMsi::decode(m, self.ext_dest_id) {
+            Ok(c) => c,
+            Err(e) => return FireOutcome::Dropped(DropReason::BadCompatMessage(e)),
+        };
+        if c.dest_mode_logical
+            || !matches!(
+                c.delivery_mode,
+                DeliveryMode::Fixed | DeliveryMode::LowestPriority
+            )
+        {
+            return FireOutcome::Dropped(DropReason::UnsupportedDelivery {
+                delivery_mode: c.delivery_mode.bits(),
+                logical: c.dest_mode_logical,
+            });
+        }
+        self.host_vector(HostApicId(c.dest_id), c.vector)
     }
 
     /// A host vector arrives at a physical CPU: host IRQ → eventfd → irqfd → route → LAPIC.

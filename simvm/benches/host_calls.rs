@@ -192,12 +192,12 @@ impl IrteTable for FlatTable {
     fn size(&self) -> u32 {
         self.0.len() as u32
     }
-    fn write(&mut self, index: u32, entry: u128) {
+    fn write(&mut self, _table: vir_host::IrteTableId, index: u32, entry: u128) {
         if let Some(e) = self.0.get_mut(index as usize) {
             *e = entry;
         }
     }
-    fn read(&self, index: u32) -> Option<u128> {
+    fn read(&self, _table: vir_host::IrteTableId, index: u32) -> Option<u128> {
         self.0.get(index as usize).copied()
     }
 }

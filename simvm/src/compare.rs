@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use vir_guest::{AllocRequest, CpuId, CpuMask, Irq, IrqError, StorageType};
-use vir_host::IrMode;
+use vir_host::{IommuKind, IrMode};
 use vir_platform::StorageSlot;
 
 use vir_guest::{IrSituation, NoVirReason};
@@ -45,6 +45,8 @@ pub struct CompareConfig {
     pub unplug: u32,
     /// The host's delivery mode (situations 2 and 3).
     pub mode: IrMode,
+    /// The machine's and host's IOMMU (situations 2 and 3).
+    pub iommu: IommuKind,
     /// Run the IMS probe.
     pub ims_probe: bool,
     /// Situations to run, in order.
@@ -59,6 +61,7 @@ impl Default for CompareConfig {
             vcpus: 16,
             unplug: 4,
             mode: IrMode::Posted,
+            iommu: IommuKind::Vtd,
             ims_probe: true,
             situations: SituationKind::ALL.to_vec(),
         }
@@ -181,6 +184,8 @@ pub struct CompareReport {
     pub unplugged: u32,
     /// The host's delivery mode.
     pub mode: String,
+    /// The IOMMU of situations 2 and 3 (`VT-d` or `AMD-Vi`).
+    pub iommu: String,
     /// Each situation.
     pub situations: Vec<SituationReport>,
 }
@@ -224,6 +229,7 @@ pub fn spec(kind: SituationKind, config: &CompareConfig) -> SituationSpec {
         vcpus: config.vcpus,
         msix_entries: config.vectors,
         mode: config.mode,
+        iommu: config.iommu,
         ..SituationSpec::new(kind)
     }
 }
@@ -571,6 +577,7 @@ pub fn run(config: &CompareConfig) -> Result<CompareReport, CompareError> {
             IrMode::Remapped => "remapped",
         }
         .to_owned(),
+        iommu: crate::scenario::iommu_name(config.iommu).to_owned(),
         situations,
     })
 }
@@ -581,9 +588,14 @@ fn ms(ns: u64) -> String {
 
 impl fmt::Display for CompareReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let iommu = if self.iommu == "AMD-Vi" {
+            ", AMD-Vi host (bare metal: the guest's own VT-d driver)"
+        } else {
+            ""
+        };
         writeln!(
             f,
-            "vIR compare: {} MSI-X vectors, {} vCPUs ({} unplugged), {} mode",
+            "vIR compare: {} MSI-X vectors, {} vCPUs ({} unplugged), {} mode{iommu}",
             self.vectors, self.vcpus, self.unplugged, self.mode
         )?;
         writeln!(f)?;

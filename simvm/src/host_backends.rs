@@ -7,7 +7,9 @@
 //! * [`SimIrteTable`] ([`IrteTable`]): the VT-d remapping unit's table. A posted entry is stored
 //!   as one 128-bit update, a remapped entry as its low then its high 64 bits (as Linux does),
 //!   and the interrupt entry cache is invalidated for the index afterwards — the unit models the
-//!   strictest cache, so without the invalidation the old entry would stay in force.
+//!   strictest cache, so without the invalidation the old entry would stay in force. On a
+//!   machine with the AMD-Vi IOMMU enabled, the per-device tables instead: each entry stored in
+//!   one update, then `INVALIDATE_INTERRUPT_TABLE` for the device.
 //! * [`SimRouting`] ([`VirtualRouting`]): the KVM model's GSI routes and irqfds. GSIs are handed
 //!   out per VM from [`FIRST_GSI`] up to a capacity; the irqfd of a GSI is the eventfd
 //!   [`eventfd_for`] names, so the VFIO side can signal it without shared bookkeeping.
@@ -37,7 +39,7 @@ use vir_abi::status::errno;
 use vir_abi::wire::StorageKind as WireKind;
 use vir_host::{
     BackendError, BackendOp, Gsi, HostIrq, HostIrqId, HostVector, IrqSource, IrteTable,
-    PhysicalIrqs, RouteTarget, VirtualRouting, VmId,
+    IrteTableId, PhysicalIrqs, RouteTarget, VirtualRouting, VmId,
 };
 use vir_platform::failpoint::FailPoint;
 use vir_platform::kvm::{GsiRoute, KvmError};
@@ -101,7 +103,10 @@ pub struct IrteTableStats {
     pub rejected: u64,
 }
 
-/// [`IrteTable`] over the machine's VT-d remapping unit.
+/// Entries of each AMD-Vi device table (IntTabLen = 11).
+pub const AMD_TABLE_ENTRIES: u32 = 2048;
+
+/// [`IrteTable`] over the machine's VT-d remapping unit (or its AMD-Vi per-device tables).
 #[derive(Debug)]
 pub struct SimIrteTable {
     machine: SharedMachine,
@@ -110,9 +115,15 @@ pub struct SimIrteTable {
 }
 
 impl SimIrteTable {
-    /// The table of `machine`'s remapping unit; its size is read now (the host reads it once).
+    /// The table of `machine`'s remapping unit, or the per-device tables of its AMD-Vi IOMMU
+    /// ([`AMD_TABLE_ENTRIES`] each) when that is enabled; the size is read now (the host reads
+    /// it once).
     pub fn new(machine: SharedMachine) -> Self {
-        let size = machine.borrow().iommu().entries();
+        let size = if machine.borrow().amd_iommu().is_some() {
+            AMD_TABLE_ENTRIES
+        } else {
+            machine.borrow().iommu().entries()
+        };
         Self {
             machine,
             size,
@@ -131,7 +142,24 @@ impl IrteTable for SimIrteTable {
         self.size
     }
 
-    fn write(&mut self, index: u32, entry: u128) {
+    fn write(&mut self, table: IrteTableId, index: u32, entry: u128) {
+        if let IrteTableId::Device(rid) = table {
+            let mut m = self.machine.borrow_mut();
+            let stored = m.amd_iommu_mut().map(|amd| {
+                let r = amd.write_irte(RequesterId(rid), index, entry);
+                if r.is_ok() {
+                    amd.invalidate_interrupt_table(RequesterId(rid));
+                }
+                r
+            });
+            if let Some(Ok(())) = stored {
+                self.stats.full_writes += 1;
+                self.stats.invalidations += 1;
+            } else {
+                self.stats.rejected += 1;
+            }
+            return;
+        }
         let Ok(i) = u16::try_from(index) else {
             self.stats.rejected += 1;
             return;
@@ -162,7 +190,11 @@ impl IrteTable for SimIrteTable {
         }
     }
 
-    fn read(&self, index: u32) -> Option<u128> {
+    fn read(&self, table: IrteTableId, index: u32) -> Option<u128> {
+        if let IrteTableId::Device(rid) = table {
+            let m = self.machine.borrow();
+            return m.amd_iommu()?.irte(RequesterId(rid), index).ok();
+        }
         let i = u16::try_from(index).ok()?;
         self.machine.borrow().iommu().irte(i).ok()
     }
@@ -742,7 +774,7 @@ mod tests {
         let m = machine(1, 10);
         let mut t = SimIrteTable::new(Rc::clone(&m));
         assert_eq!(t.size(), 16);
-        t.write(5, posted(0x41));
+        t.write(IrteTableId::Unit, 5, posted(0x41));
         let remapped = RemappedIrte {
             present: true,
             fpd: false,
@@ -759,13 +791,13 @@ mod tests {
         }
         .encode(ApicMode::X2Apic)
         .unwrap();
-        t.write(6, remapped);
-        t.write(16, 1); // beyond the table
-        assert_eq!(t.read(5), Some(posted(0x41)));
+        t.write(IrteTableId::Unit, 6, remapped);
+        t.write(IrteTableId::Unit, 16, 1); // beyond the table
+        assert_eq!(t.read(IrteTableId::Unit, 5), Some(posted(0x41)));
         assert_eq!(m.borrow().iommu().cached_irte(5), Ok(posted(0x41)));
         assert_eq!(m.borrow().iommu().cached_irte(6), Ok(remapped));
-        assert_eq!(t.read(16), None);
-        assert_eq!(t.read(0x1_0000), None);
+        assert_eq!(t.read(IrteTableId::Unit, 16), None);
+        assert_eq!(t.read(IrteTableId::Unit, 0x1_0000), None);
         assert_eq!(
             t.stats(),
             IrteTableStats {

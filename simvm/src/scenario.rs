@@ -36,10 +36,11 @@ use vir_guest::{
     AllocRequest, CpuId, CpuMask, DeviceId as GuestDeviceId, HotplugReport, Irq, IrqError,
     IrqState, StorageSlot as GuestSlot, StorageType,
 };
-use vir_host::IrMode;
+use vir_host::{IommuKind, IrMode};
 use vir_platform::{FireOutcome, StorageKind};
 
 use crate::guest_env::CallBinding;
+use crate::host_backends::AMD_TABLE_ENTRIES;
 use crate::vm::{
     DEFAULT_VECTORS_PER_PCPU, DeliveryCheck, DeviceSpec, VmSpec, World, WorldBuilder, WorldError,
 };
@@ -97,6 +98,8 @@ pub struct ScenarioConfig {
     pub seed: u64,
     /// Number of random affinity changes.
     pub affinity_changes: u32,
+    /// The IOMMU of the machine and host.
+    pub iommu: IommuKind,
 }
 
 impl Default for ScenarioConfig {
@@ -113,6 +116,7 @@ impl Default for ScenarioConfig {
             msi_log2: Some(3),
             seed: 1,
             affinity_changes: 1024,
+            iommu: IommuKind::Vtd,
         }
     }
 }
@@ -181,6 +185,7 @@ impl ScenarioConfig {
         WorldBuilder::new()
             .pcpus(self.pcpus())
             .mode(self.mode)
+            .iommu(self.iommu)
             .table_size_s(self.table_size_s())
             .vm(vm)
     }
@@ -382,13 +387,21 @@ pub struct PathSummary {
 }
 
 /// The forged-message probe.
+///
+/// VT-d checks the source in the entry, so another device's message is blocked and recorded
+/// (SID check) and nothing may reach a vCPU. AMD-Vi checks the source by the table: a message
+/// from a device can only select an entry of that device's own table, so another device's
+/// message either faults (no entry there: recorded) or raises one of the forging device's own
+/// interrupts (contained); it must never raise another device's interrupt.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ForgedSummary {
     /// Forged writes made.
     pub attempts: u64,
-    /// Writes the remapping unit blocked.
+    /// Writes the IOMMU blocked and recorded, or (AMD-Vi) that stayed within the forging
+    /// device's own interrupts.
     pub blocked: u64,
-    /// Writes that reached a vCPU (must be 0).
+    /// Writes that reached a vCPU (VT-d), or (AMD-Vi) that raised an interrupt of another
+    /// device (must be 0).
     pub delivered: u64,
 }
 
@@ -399,6 +412,8 @@ pub struct Report {
     pub seed: u64,
     /// `posted` or `remapped`.
     pub mode: String,
+    /// `VT-d` or `AMD-Vi`.
+    pub iommu: String,
     /// The guest's binding.
     pub binding: CallBinding,
     /// The vCPUs' APIC ids, by logical CPU.
@@ -456,6 +471,14 @@ impl Report {
             + self.delivery_initial.missing
             + self.delivery_after_changes.wrong
             + self.delivery_after_changes.missing
+    }
+}
+
+/// `VT-d` or `AMD-Vi`.
+pub fn iommu_name(iommu: IommuKind) -> &'static str {
+    match iommu {
+        IommuKind::Vtd => "VT-d",
+        IommuKind::AmdVi(_) => "AMD-Vi",
     }
 }
 
@@ -660,8 +683,18 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, ScenarioError> {
     );
     let (recorded, suppressed) = world.faults();
     let mut by_reason: BTreeMap<u8, u64> = BTreeMap::new();
-    for f in world.machine().iommu().faults() {
-        *by_reason.entry(f.reason.0).or_default() += 1;
+    match world.machine().amd_iommu() {
+        // AMD-Vi: the event codes of the event log.
+        Some(amd) => {
+            for e in amd.events() {
+                *by_reason.entry(e.code).or_default() += 1;
+            }
+        }
+        None => {
+            for f in world.machine().iommu().faults() {
+                *by_reason.entry(f.reason.0).or_default() += 1;
+            }
+        }
     }
     let faults = FaultSummary {
         recorded,
@@ -673,13 +706,20 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, ScenarioError> {
                 .collect(),
         ),
     };
-    let irte_table = world.machine().iommu().entries();
+    let irte_table = match world.machine().amd_iommu() {
+        Some(_) => AMD_TABLE_ENTRIES,
+        None => world.machine().iommu().entries(),
+    };
     let path = {
         let m = world.machine();
         let (iommu, kvm) = (m.iommu().stats(), m.kvm().stats());
+        let (posted, remapped) = match m.amd_iommu() {
+            Some(amd) => (amd.stats().guest_posted, amd.stats().remapped),
+            None => (iommu.posted, iommu.remapped),
+        };
         PathSummary {
-            posted: iommu.posted,
-            remapped: iommu.remapped,
+            posted,
+            remapped,
             host_irqs_fired: m.vfio().stats().fired,
             irqfd_signals: kvm.irqfd_signals,
             lapic_injections: kvm.injections,
@@ -688,6 +728,7 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, ScenarioError> {
     Ok(Report {
         seed: config.seed,
         mode: mode_name(config.mode).to_string(),
+        iommu: iommu_name(config.iommu).to_string(),
         binding: config.binding,
         vcpus: config.apic_ids(),
         pcpus: config.pcpus(),
@@ -756,7 +797,7 @@ fn forge_probe(world: &mut World, vm: usize) -> Result<ForgedSummary, ScenarioEr
             Some(GuestSlot::Msi) => vir_platform::StorageSlot::msi(0),
             _ => src.1,
         };
-        firsts.push((src.0, slot, msg));
+        firsts.push((src.0, slot, msg, d.spec.guest_id));
     }
     let compat = CompatMsi {
         dest_id: 0,
@@ -769,13 +810,15 @@ fn forge_probe(world: &mut World, vm: usize) -> Result<ForgedSummary, ScenarioEr
     }
     .encode(false)
     .unwrap_or(MsiMessage::new(0xFEE0_0000, 0, 0x41));
+    let amd = world.machine().amd_iommu().is_some();
     let mut out = ForgedSummary::default();
-    for (i, &(device, slot, _)) in firsts.iter().enumerate() {
+    for (i, &(device, slot, _, guest_id)) in firsts.iter().enumerate() {
+        let own: Vec<Irq> = world.vm(vm)?.guest().device_irqs(guest_id).to_vec();
         let mut forged: Vec<MsiMessage> = firsts
             .iter()
             .enumerate()
             .filter(|&(j, _)| j != i)
-            .map(|(_, &(_, _, m))| m)
+            .map(|(_, &(_, _, m, _))| m)
             .collect();
         forged.push(compat);
         for msg in forged {
@@ -790,6 +833,19 @@ fn forge_probe(world: &mut World, vm: usize) -> Result<ForgedSummary, ScenarioEr
                 .map_err(|e| ScenarioError::World(WorldError::Machine(e)))?;
             let d = world.fire(device, slot)?;
             out.attempts += 1;
+            if amd {
+                let foreign = d
+                    .handled
+                    .iter()
+                    .any(|h| !h.irq.is_some_and(|irq| own.contains(&irq)));
+                let recorded = matches!(d.outcome, FireOutcome::Aborted(a) if a.logged);
+                if foreign {
+                    out.delivered += 1;
+                } else if recorded || !d.handled.is_empty() {
+                    out.blocked += 1;
+                }
+                continue;
+            }
             if !d.handled.is_empty() {
                 out.delivered += 1;
             }
@@ -805,10 +861,15 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.passed() { "PASS" } else { "FAIL" };
         writeln!(f, "vIR simulation: {verdict}")?;
+        let table = if self.iommu == "AMD-Vi" {
+            format!("AMD-Vi IOMMU, {}-entry table per device", self.irte_table)
+        } else {
+            format!("{}-entry remapping table", self.irte_table)
+        };
         writeln!(
             f,
-            "  machine: {} pCPUs, {}-entry remapping table, {} mode, {} binding, seed {}",
-            self.pcpus, self.irte_table, self.mode, self.binding, self.seed
+            "  machine: {} pCPUs, {table}, {} mode, {} binding, seed {}",
+            self.pcpus, self.mode, self.binding, self.seed
         )?;
         let ids: Vec<String> = self.vcpus.iter().map(u32::to_string).collect();
         writeln!(
@@ -914,11 +975,19 @@ impl fmt::Display for Report {
             self.path.irqfd_signals,
             self.path.lapic_injections
         )?;
-        writeln!(
-            f,
-            "  forged messages: {} written, {} blocked and recorded, {} delivered",
-            self.forged.attempts, self.forged.blocked, self.forged.delivered
-        )?;
+        if self.iommu == "AMD-Vi" {
+            writeln!(
+                f,
+                "  forged messages: {} written, {} blocked and recorded or kept in the writer's own table, {} delivered to another device's interrupt",
+                self.forged.attempts, self.forged.blocked, self.forged.delivered
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  forged messages: {} written, {} blocked and recorded, {} delivered",
+                self.forged.attempts, self.forged.blocked, self.forged.delivered
+            )?;
+        }
         write!(
             f,
             "  remapping faults: {} recorded ({}), {} suppressed by FPD",
@@ -966,5 +1035,39 @@ mod tests {
         assert_eq!(c.get("a"), 2);
         assert_eq!(c.get("z"), 0);
         assert_eq!(c.total(), 3);
+    }
+
+    #[test]
+    fn small_scenario_on_amd_vi_delivers_every_interrupt_in_both_modes() {
+        for (mode, width) in [
+            (IrMode::Posted, vir_host::AmdIrteFormat::Bits128),
+            (IrMode::Remapped, vir_host::AmdIrteFormat::Bits128),
+        ] {
+            let config = ScenarioConfig {
+                mode,
+                iommu: IommuKind::AmdVi(vir_host::AmdViConfig {
+                    irte_format: width,
+                    address_dm: false,
+                }),
+                msix_entries: 8,
+                ims_device_entries: 16,
+                ims_system_queues: 4,
+                msi_log2: Some(2),
+                affinity_changes: 32,
+                ..ScenarioConfig::default()
+            };
+            let r = run(&config).unwrap();
+            assert!(r.passed(), "{mode:?}:\n{r}");
+            assert_eq!(r.iommu, "AMD-Vi");
+            assert_eq!(r.delivery_initial.correct, 32);
+            // Only the forged compatibility-format probes (index 0x41, beyond every table in
+            // use) fault, one per device: IO_PAGE_FAULT.
+            assert_eq!((r.faults.recorded, r.faults.suppressed), (4, 0));
+            assert_eq!((r.forged.attempts, r.forged.delivered), (16, 0));
+            match mode {
+                IrMode::Posted => assert!(r.path.posted > 0 && r.path.remapped == 0),
+                IrMode::Remapped => assert!(r.path.remapped > 0 && r.path.posted == 0),
+            }
+        }
     }
 }

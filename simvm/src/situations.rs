@@ -36,9 +36,10 @@ use vir_guest::{
     NoVirReason, VirDomain, select_ir_domain,
 };
 use vir_host::{
-    DeviceConfig as HostDevice, HostConfig, IrMode, LegacyConfig, Quotas, SourceValidation,
-    StorageSizes, TrapKind, VcpuConfig, VmConfig as HostVmConfig, VmId,
+    DeviceConfig as HostDevice, HostConfig, IommuKind, IrMode, LegacyConfig, Quotas,
+    SourceValidation, StorageSizes, TrapKind, VcpuConfig, VmConfig as HostVmConfig, VmId,
 };
+use vir_platform::amd_iommu::{DteInterrupt, IrteWidth};
 use vir_platform::device::{DeviceConfig, MsiConfig};
 use vir_platform::kvm::VmConfig as KvmVmConfig;
 use vir_platform::machine::POSTED_INTR_VECTOR;
@@ -135,6 +136,11 @@ pub struct SituationSpec {
     pub ims_device_entries: u32,
     /// The host's delivery mode.
     pub mode: IrMode,
+    /// The IOMMU of the machine and host (situations 2 and 3; bare metal drives the VT-d unit
+    /// itself). AMD-Vi: the device's table entry remaps, with the NMI pass-through bit set when
+    /// the host does not offer vIR (so compatibility-format interrupts are not all blocked,
+    /// VIR-DISC-H-001).
+    pub iommu: IommuKind,
     /// Host vectors per physical CPU.
     pub vectors_per_pcpu: u16,
 }
@@ -152,6 +158,7 @@ impl SituationSpec {
             msi_log2: Some(3),
             ims_device_entries: 64,
             mode: IrMode::Posted,
+            iommu: IommuKind::Vtd,
             vectors_per_pcpu: DEFAULT_VECTORS_PER_PCPU,
         }
     }
@@ -440,6 +447,17 @@ impl SituationVm {
             iommu.set_cfi(!spec.host_offers_vir);
             iommu.invalidate_all();
         }
+        if let IommuKind::AmdVi(_) = spec.iommu {
+            machine.enable_amd_iommu(IrteWidth::Bits128);
+            let dte = DteInterrupt {
+                nmi_pass: !spec.host_offers_vir,
+                ..DteInterrupt::remapped(11)
+            };
+            if let Some(amd) = machine.amd_iommu_mut() {
+                amd.set_dte(RequesterId(DEVICE_RID), dte)
+                    .map_err(|_| SituationError::Machine(MachineError::NoAmdIommu))?;
+            }
+        }
         let pvm = vir_platform::VmId(0);
         machine
             .create_vm(
@@ -455,9 +473,12 @@ impl SituationVm {
             .map_err(SituationError::Machine)?;
         let mut vcpus = Vec::with_capacity(apic_ids.len());
         for &a in &apic_ids {
-            let pda = machine
-                .setup_posted_descriptor(VcpuRef::new(pvm, GuestApicId(a)), POSTED_INTR_VECTOR)
-                .map_err(SituationError::Machine)?;
+            let vcpu = VcpuRef::new(pvm, GuestApicId(a));
+            let pda = match spec.iommu {
+                IommuKind::Vtd => machine.setup_posted_descriptor(vcpu, POSTED_INTR_VECTOR),
+                IommuKind::AmdVi(_) => machine.setup_vapic_page(vcpu),
+            }
+            .map_err(SituationError::Machine)?;
             vcpus.push(VcpuConfig {
                 apic_id: a,
                 pda,
@@ -471,10 +492,22 @@ impl SituationVm {
             .guest_memory(pvm)
             .map_err(SituationError::Machine)?
             .clone();
+        let (physical_ir_enabled, compat_format_blocked) = match machine.amd_iommu() {
+            Some(amd) => (
+                true,
+                amd.dte(RequesterId(DEVICE_RID))
+                    .is_some_and(|d| d.blocks_unremapped()),
+            ),
+            None => (
+                machine.iommu().remapping_enabled(),
+                machine.iommu().compat_blocked(),
+            ),
+        };
         let host_config = HostConfig {
             ir_mode: spec.mode,
-            physical_ir_enabled: machine.iommu().remapping_enabled(),
-            compat_format_blocked: machine.iommu().compat_blocked(),
+            iommu: spec.iommu,
+            physical_ir_enabled,
+            compat_format_blocked,
             ..HostConfig::default()
         };
         let machine: SharedMachine = Rc::new(RefCell::new(machine));
@@ -690,7 +723,9 @@ impl SituationVm {
         let device_writes = m
             .device(self.device)
             .map_or(0, |d| d.total_storage_writes());
-        let irte_writes = m.iommu().stats().irte_writes;
+        // The VT-d unit's table and, when enabled, the AMD-Vi per-device tables.
+        let irte_writes =
+            m.iommu().stats().irte_writes + m.amd_iommu().map_or(0, |a| a.stats().irte_writes);
         drop(m);
         let (mut trapped, mut ir_register_exits, mut hypercalls) = (0, 0, 0);
         if let Some((host, vm)) = &self.host

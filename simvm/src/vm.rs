@@ -37,9 +37,10 @@ use vir_guest::{
     NegotiationError, Platform, Session, VirDomain, VirInterface, discover,
 };
 use vir_host::{
-    DeviceConfig as HostDevice, HostConfig, HostError, IrMode, Quotas, SourceValidation,
-    StorageSizes, VcpuConfig, VmConfig as HostVmConfig, VmId,
+    AmdIrteFormat, DeviceConfig as HostDevice, HostConfig, HostError, IommuKind, IrMode, Quotas,
+    SourceValidation, StorageSizes, VcpuConfig, VmConfig as HostVmConfig, VmId,
 };
+use vir_platform::amd_iommu::{DteInterrupt, IrteWidth};
 use vir_platform::device::{DeviceConfig, MsiConfig};
 use vir_platform::kvm::VmConfig as KvmVmConfig;
 use vir_platform::machine::POSTED_INTR_VECTOR;
@@ -343,6 +344,7 @@ pub struct WorldBuilder {
     pcpus: u32,
     vectors_per_pcpu: u16,
     mode: IrMode,
+    iommu: IommuKind,
     table_size_s: u8,
     gsis_per_vm: u32,
     register_bindings: u32,
@@ -364,6 +366,7 @@ impl WorldBuilder {
             pcpus: 16,
             vectors_per_pcpu: DEFAULT_VECTORS_PER_PCPU,
             mode: IrMode::Posted,
+            iommu: IommuKind::Vtd,
             table_size_s: 11,
             gsis_per_vm: KVM_MAX_IRQ_ROUTES,
             register_bindings: HostConfig::default().register_bindings,
@@ -387,6 +390,14 @@ impl WorldBuilder {
     /// Posted or remapped delivery.
     pub fn mode(mut self, mode: IrMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// The IOMMU of the machine and host (default VT-d). AMD-Vi: the machine's AMD-Vi IOMMU
+    /// with per-device tables of 2048 entries (IntTabLen 11), each vCPU with a vAPIC backing
+    /// page; [`WorldBuilder::table_size_s`] then sizes only the unused VT-d unit.
+    pub fn iommu(mut self, iommu: IommuKind) -> Self {
+        self.iommu = iommu;
         self
     }
 
@@ -479,9 +490,16 @@ impl WorldBuilder {
             iommu.set_cfi(false);
             iommu.invalidate_all();
         }
+        if let IommuKind::AmdVi(c) = self.iommu {
+            machine.enable_amd_iommu(match c.irte_format {
+                AmdIrteFormat::Bits32 => IrteWidth::Bits32,
+                AmdIrteFormat::Bits128 => IrteWidth::Bits128,
+            });
+        }
         let machine: SharedMachine = Rc::new(RefCell::new(machine));
         let host_config = HostConfig {
             ir_mode: self.mode,
+            iommu: self.iommu,
             physical_ir_enabled: machine.borrow().iommu().remapping_enabled(),
             compat_format_blocked: machine.borrow().iommu().compat_blocked(),
             register_bindings: self.register_bindings,
@@ -507,6 +525,7 @@ impl WorldBuilder {
             host,
             vms: Vec::new(),
             mode: self.mode,
+            iommu: self.iommu,
         };
         let mut next_pcpu = 0usize;
         for (index, spec) in self.vms.into_iter().enumerate() {
@@ -710,6 +729,7 @@ pub struct World {
     host: SharedHost,
     vms: Vec<SimVm>,
     mode: IrMode,
+    iommu: IommuKind,
 }
 
 impl World {
@@ -747,12 +767,12 @@ impl World {
         .map_err(WorldError::Machine)?;
         let mut vcpus = Vec::with_capacity(spec.apic_ids.len());
         for (&apic_id, &(_, pcpu)) in spec.apic_ids.iter().zip(&vcpu_pcpus) {
-            let pda = m
-                .setup_posted_descriptor(
-                    VcpuRef::new(pvm, GuestApicId(apic_id)),
-                    POSTED_INTR_VECTOR,
-                )
-                .map_err(WorldError::Machine)?;
+            let vcpu = VcpuRef::new(pvm, GuestApicId(apic_id));
+            let pda = match self.iommu {
+                IommuKind::Vtd => m.setup_posted_descriptor(vcpu, POSTED_INTR_VECTOR),
+                IommuKind::AmdVi(_) => m.setup_vapic_page(vcpu),
+            }
+            .map_err(WorldError::Machine)?;
             vcpus.push(VcpuConfig { apic_id, pda, pcpu });
         }
         let mut devices = Vec::with_capacity(spec.devices.len());
@@ -776,6 +796,12 @@ impl World {
                 cfg = cfg.with_ims_system(d.ims_system_queues);
             }
             let dev = m.add_device(&cfg).map_err(WorldError::Machine)?;
+            // AMD-Vi: the device's table entry remaps every interrupt through its own table
+            // (VIR-DISC-H-001).
+            if let Some(amd) = m.amd_iommu_mut() {
+                amd.set_dte(RequesterId(d.requester_id), DteInterrupt::remapped(11))
+                    .map_err(|_| WorldError::Machine(MachineError::NoAmdIommu))?;
+            }
             m.attach_device(dev, Some(pvm))
                 .map_err(WorldError::Machine)?;
             // Driver probe: the queue contexts live in guest memory.
@@ -916,6 +942,11 @@ impl World {
         self.mode
     }
 
+    /// The machine's and host's IOMMU.
+    pub const fn iommu(&self) -> IommuKind {
+        self.iommu
+    }
+
     /// The VMs.
     pub fn vms(&self) -> &[SimVm] {
         &self.vms
@@ -1011,7 +1042,10 @@ impl World {
                 }
                 p.owner
             }
-            FireOutcome::Faulted(_) | FireOutcome::Masked | FireOutcome::Dropped(_) => None,
+            FireOutcome::Faulted(_)
+            | FireOutcome::Aborted(_)
+            | FireOutcome::Masked
+            | FireOutcome::Dropped(_) => None,
         };
         let handled = vcpu.map(|v| self.drain(v)).unwrap_or_default();
         Delivery { outcome, handled }
@@ -1129,7 +1163,12 @@ impl World {
 
     /// Faults the remapping unit recorded and suppressed (FPD) so far.
     pub fn faults(&self) -> (u64, u64) {
-        let s = self.machine.borrow().iommu().stats();
+        let m = self.machine.borrow();
+        if let Some(amd) = m.amd_iommu() {
+            let s = amd.stats();
+            return (s.events_logged, s.events_suppressed);
+        }
+        let s = m.iommu().stats();
         (s.faults_recorded, s.faults_suppressed)
     }
 

@@ -71,6 +71,7 @@ fn representative_hardware_vectors_exist() {
         ("compat_msi_ext_dest", HwKind::CompatMsi),
         ("posted_descriptor", HwKind::PostedDescriptor),
         ("amd_msi", HwKind::AmdMsi),
+        ("amd_msi_dm", HwKind::AmdMsi),
         ("amd_irte_32", HwKind::AmdIrte32),
         ("amd_irte_128", HwKind::AmdIrte128Remapped),
         ("amd_irte_128_guest", HwKind::AmdIrte128Guest),
@@ -93,7 +94,9 @@ fn representative_hardware_vectors_exist() {
 #[test]
 fn wire_vectors_match_the_typed_structures() {
     let all = load();
-    let mut checked = 0;
+    // Every structure once at least (some have several vectors: ActivateResponse for VT-d
+    // and AMD-Vi messages).
+    let mut checked = std::collections::BTreeSet::new();
     for (stem, v) in &all {
         let VectorFormat::Wire(desc) = v.format else {
             continue;
@@ -268,10 +271,10 @@ fn wire_vectors_match_the_typed_structures() {
             ),
             other => panic!("{stem}: no typed check for wire structure {other}; add one here"),
         }
-        checked += 1;
+        checked.insert(desc.name);
     }
     assert_eq!(
-        checked,
+        checked.len(),
         ALL_STRUCTS.len(),
         "one typed check per wire structure"
     );

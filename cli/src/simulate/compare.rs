@@ -1,10 +1,11 @@
 //! `vir simulate --compare`: the same driver workload on bare metal, with an emulated vIOMMU
 //! (the legacy scheme) and with vIR, side by side (`vir_simvm::compare`).
 //!
-//! `--vcpus`, `--mode` and `--json` of `simulate` apply; `--vectors` and `--unplug` are the
-//! comparison's own. The scenario options (`--msix`, `--ims`, `--ims-sys`, `--msi-log2`,
-//! `--seed`, `--binding`) do not apply and are refused. The exit status is 1 when any situation
-//! failed (a vector not delivered where the guest asked, IMS offered where `VIR-LEG-G-001`
+//! `--vcpus`, `--mode`, `--iommu` and `--json` of `simulate` apply (`--iommu amd` puts the
+//! emulated and vIR situations on an AMD-Vi host; bare metal is the guest's own VT-d driver);
+//! `--vectors` and `--unplug` are the comparison's own. The scenario options (`--msix`, `--ims`,
+//! `--ims-sys`, `--msi-log2`, `--seed`, `--binding`) do not apply and are refused. The exit
+//! status is 1 when any situation failed (a vector not delivered where the guest asked, IMS offered where `VIR-LEG-G-001`
 //! forbids it or refused where it allows it, a failure reported by the guest or the host).
 
 use std::io::Write;
@@ -81,12 +82,14 @@ pub fn config(args: &SimulateArgs) -> Result<CompareConfig, CliError> {
         Some("remapped") => IrMode::Remapped,
         Some(v) => return Err(bad("--mode", v, "posted or remapped")),
     };
+    let iommu = super::iommu(args.iommu.as_deref())?;
     // The maxima above keep every value within u32.
     Ok(CompareConfig {
         vectors: vectors as u32,
         vcpus: vcpus as u32,
         unplug: unplug as u32,
         mode,
+        iommu,
         ..d
     })
 }

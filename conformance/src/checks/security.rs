@@ -493,7 +493,10 @@ fn random_calls(ctx: &mut Ctx<'_>) -> CheckResult {
 }
 
 fn one_allocation_per_irte(ctx: &mut Ctx<'_>) -> CheckResult {
-    let mut seen: BTreeSet<u32> = BTreeSet::new();
+    // VT-d: one table, an entry is its index. AMD-Vi: one table per device, an entry is the
+    // device's source id and the index (a device can only reach its own table).
+    let per_device = matches!(ctx.fixture().irte_format, Some(IrteFormat::AmdVi));
+    let mut seen: BTreeSet<(Option<(VmRef, u32)>, u32)> = BTreeSet::new();
     let mut tried = 0;
     for vm in [P, S] {
         if ctx.vm(vm).is_err() {
@@ -502,7 +505,8 @@ fn one_allocation_per_irte(ctx: &mut Ctx<'_>) -> CheckResult {
         let f = ctx.negotiate_all(vm)?;
         let mut allocs = Vec::new();
         for _ in 0..16 {
-            allocs.push(ctx.allocate(vm)?);
+            let slot = ctx.next_slot(vm)?;
+            allocs.push((ctx.allocate_slot(vm, slot)?, slot.device_id));
         }
         if f.contains(Features::MSI) {
             let devs: Vec<_> = ctx
@@ -513,10 +517,11 @@ fn one_allocation_per_irte(ctx: &mut Ctx<'_>) -> CheckResult {
                 .copied()
                 .collect();
             for d in devs {
-                allocs.push(ctx.allocate_msi(vm, d.device_id, 2)?);
+                allocs.push((ctx.allocate_msi(vm, d.device_id, 2)?, d.device_id));
             }
         }
-        for a in allocs {
+        for (a, device_id) in allocs {
+            let table = per_device.then_some((vm, device_id));
             for sub in 0..a.count {
                 let index = ctx
                     .host()
@@ -531,7 +536,7 @@ fn one_allocation_per_irte(ctx: &mut Ctx<'_>) -> CheckResult {
                     ));
                 };
                 ensure(
-                    seen.insert(e.index),
+                    seen.insert((table, e.index)),
                     format!(
                         "entry of handle {:#x} sub-handle {sub} in the {vm}",
                         a.handle

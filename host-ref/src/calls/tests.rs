@@ -13,7 +13,7 @@ use vir_abi::wire::{
 use zerocopy::IntoBytes;
 use zerocopy::little_endian::{U16, U32, U64};
 
-use crate::backend::{BackendError, BackendOp, Gsi, HostVector, RouteTarget};
+use crate::backend::{BackendError, BackendOp, Gsi, HostVector, IrteTableId, RouteTarget};
 use crate::config::{HostConfig, Quotas};
 use crate::fixture::*;
 use crate::testing::{Event, MockRouting, activate_request, allocate_request};
@@ -671,7 +671,11 @@ fn vir_alc_h_010_011_handle_nonzero_and_entries_reserved_not_present() {
     assert!(!a.message_issued);
     // Programmed not present, and nothing else touched on the physical side.
     let writes: Vec<Event> = (0..4)
-        .map(|index| Event::IrteWrite { index, entry: 0 })
+        .map(|index| Event::IrteWrite {
+            table: IrteTableId::Unit,
+            index,
+            entry: 0,
+        })
         .collect();
     assert_eq!(fx.journal.events(), writes);
     assert_eq!(fx.host.table_free(), 252);
@@ -897,6 +901,7 @@ fn vir_act_h_006_posted_flow_order_route_then_irq_then_irte() {
     assert_eq!(
         ev[2],
         Event::IrteWrite {
+            table: IrteTableId::Unit,
             index: 0,
             entry: expected
         }
@@ -1116,6 +1121,7 @@ fn reserve_programs_not_present_fpd_entry_without_physical_objects() {
     assert_eq!(
         fx.journal.events(),
         vec![Event::IrteWrite {
+            table: IrteTableId::Unit,
             index: 0,
             entry: 0x4_8010_0000_0000_0000_0002
         }]
@@ -1222,6 +1228,7 @@ fn vir_aff_h_004_005_retarget_rewrites_irte_route_and_host_irq_only() {
                 }
             },
             Event::IrteWrite {
+                table: IrteTableId::Unit,
                 index: 0,
                 entry: irte
             },
@@ -1278,6 +1285,7 @@ fn set_affinity_posted_same_pcpu_rewrites_pda_and_vector_without_moving_the_irq(
     assert_eq!(
         ev[1..],
         [Event::IrteWrite {
+            table: IrteTableId::Unit,
             index: 0,
             entry: irte
         }]
@@ -1472,7 +1480,11 @@ fn vir_dea_h_003_deactivate_tears_down_and_keeps_the_message() {
     assert_eq!(
         fx.journal.events(),
         vec![
-            Event::IrteWrite { index: 0, entry: 0 },
+            Event::IrteWrite {
+                table: IrteTableId::Unit,
+                index: 0,
+                entry: 0
+            },
             Event::StopIrq { irq: a.host_irq.id },
             Event::RemoveRoute {
                 vm: fx.vm,
@@ -1495,7 +1507,11 @@ fn vir_dea_h_003_deactivate_tears_down_and_keeps_the_message() {
     fx.g.deactivate(&mut fx.host, &fx.mem, h, 0).unwrap();
     assert_eq!(
         fx.journal.events(),
-        vec![Event::IrteWrite { index: 0, entry: 0 }]
+        vec![Event::IrteWrite {
+            table: IrteTableId::Unit,
+            index: 0,
+            entry: 0
+        }]
     );
 }
 

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use vir_abi::hw::msi::{CompatMsi, DeliveryMode, MsiMessage};
-use vir_abi::hw::vtd::RemappableMsi;
 use vir_abi::wire::StorageKind;
 
 use crate::backend::{
@@ -12,6 +11,7 @@ use crate::backend::{
 };
 use crate::calls::{Phys, active_irte};
 use crate::config::{DeviceConfig, VcpuConfig, VmConfig};
+use crate::iommu::ga_tag;
 use crate::vm::{GuestTarget, Vm};
 
 use super::viommu::{Translation, Viommu};
@@ -676,7 +676,7 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
             let i = cx
                 .phys
                 .alloc
-                .find(0)
+                .find(cx.phys.config.vendor().table_of(dev), 0)
                 .ok_or(LegacySetupError::TableFull { log2: 0 })?;
             (Some(i), None)
         }
@@ -687,7 +687,7 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
                 let base = cx
                     .phys
                     .alloc
-                    .find(mme)
+                    .find(cx.phys.config.vendor().table_of(dev), mme)
                     .ok_or(LegacySetupError::TableFull { log2: mme })?;
                 let b = MsiBlock {
                     base: Some(base),
@@ -741,7 +741,9 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     };
     let (irte, physical_message) = match irte_index {
         Some(i) => {
-            let Ok(raw) = active_irte(cx.phys.config, dev, guest, &vcpu, host_irq.vector) else {
+            let tag = ga_tag(cx.vm_id.0, t.vcpu_index);
+            let Ok(raw) = active_irte(cx.phys.config, dev, guest, &vcpu, host_irq.vector, tag)
+            else {
                 undo(cx);
                 return Err(LegacySetupError::IrteEncode);
             };
@@ -749,13 +751,11 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
             let handle = match slot {
                 SlotRef::MsiX(_) => i,
                 SlotRef::Msi(_) => new_block.or(block).and_then(|b| b.base).unwrap_or(i),
-            } as u16;
-            let msg = RemappableMsi {
-                handle,
-                shv: true,
-                subhandle: 0,
-            }
-            .encode();
+            };
+            let Ok(msg) = cx.phys.config.vendor().message(handle) else {
+                undo(cx);
+                return Err(LegacySetupError::IrteEncode);
+            };
             (Some((i, raw)), msg)
         }
         None => match compat_message(host_irq.vector.apic_id, host_irq.vector.vector) {
@@ -780,16 +780,17 @@ fn setup<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     };
     if let Some((i, raw)) = irte {
         if let SlotRef::MsiX(_) = slot {
-            phys.alloc.take(i, 0);
+            phys.alloc.take(phys.config.vendor().table_of(dev), i, 0);
         }
         if let Some(MsiBlock {
             base: Some(base),
             log2,
         }) = new_block
         {
-            phys.alloc.take(base, log2);
+            phys.alloc
+                .take(phys.config.vendor().table_of(dev), base, log2);
         }
-        phys.table.write(i, raw);
+        phys.table.write(phys.config.vendor().table_of(dev), i, raw);
     }
     let Some(d) = legacy.devices.get_mut(di) else {
         return Ok(());
@@ -880,9 +881,9 @@ fn release<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         (SlotRef::Msi(_), None) => d.msi_stale = true,
     }
     if let Some((i, _)) = l.irte {
-        phys.table.write(i, 0);
+        phys.table.write(phys.config.vendor().table_of(dev), i, 0);
         if let SlotRef::MsiX(_) = slot {
-            phys.alloc.release(i, 0);
+            phys.alloc.release(phys.config.vendor().table_of(dev), i, 0);
         }
     }
     phys.irqs.stop(l.host_irq.id);
@@ -895,7 +896,8 @@ fn release<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
             s.set_msi_control(rid, false, 0);
         }
         if let Some(base) = b.base {
-            phys.alloc.release(base, b.log2);
+            phys.alloc
+                .release(phys.config.vendor().table_of(dev), base, b.log2);
         }
     }
 }
@@ -941,7 +943,14 @@ fn retarget<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
         vector: t.vector,
     };
     let irte = match l.irte {
-        Some((i, _)) => match active_irte(cx.phys.config, dev, guest, &vcpu, host_vector) {
+        Some((i, _)) => match active_irte(
+            cx.phys.config,
+            dev,
+            guest,
+            &vcpu,
+            host_vector,
+            ga_tag(cx.vm_id.0, t.vcpu_index),
+        ) {
             Ok(raw) => Some((i, raw)),
             Err(_) => {
                 abort(cx);
@@ -973,7 +982,9 @@ fn retarget<T: IrteTable, R: VirtualRouting, P: PhysicalIrqs>(
     if let Some((i, raw)) = irte
         && Some((i, raw)) != l.irte
     {
-        cx.phys.table.write(i, raw);
+        cx.phys
+            .table
+            .write(cx.phys.config.vendor().table_of(dev), i, raw);
     }
     if physical_message != l.physical_message {
         let rid = dev.requester_id;
