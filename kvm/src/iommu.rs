@@ -6,7 +6,7 @@
 //! delivered through real KVM.
 
 use vir_abi::hw::vtd::Irta;
-use vir_host::backend::IrteTable;
+use vir_host::backend::{IrteTable, IrteTableId};
 use vir_platform::iommu::RemappingUnit;
 
 /// log2 of the table size minus one (VT-d's S field): 4096 entries.
@@ -49,17 +49,22 @@ impl IrteTable for VtdTable {
         1 << (TABLE_SIZE_S + 1)
     }
 
-    fn write(&mut self, index: u32, entry: u128) {
-        // The host passes indices below `size()` only; an index the unit refuses is a host bug
-        // that leaves the entry unwritten, which the device's next interrupt shows as a fault.
-        if let Ok(i) = u16::try_from(index)
+    fn write(&mut self, table: IrteTableId, index: u32, entry: u128) {
+        // The host passes indices below `size()` only, and only the unit's table (it runs with
+        // VT-d); anything else is a host bug that leaves the entry unwritten, which the device's
+        // next interrupt shows as a fault.
+        if table == IrteTableId::Unit
+            && let Ok(i) = u16::try_from(index)
             && self.unit.write_irte(i, entry).is_ok()
         {
             let _ = self.unit.invalidate_entries(i, 0);
         }
     }
 
-    fn read(&self, index: u32) -> Option<u128> {
+    fn read(&self, table: IrteTableId, index: u32) -> Option<u128> {
+        if table != IrteTableId::Unit {
+            return None;
+        }
         u16::try_from(index)
             .ok()
             .and_then(|i| self.unit.irte(i).ok())

@@ -357,6 +357,7 @@ fn vm_config(vcpus: u32) -> VmConfig {
             },
         }],
         quotas: Quotas::default(),
+        guest_writable: vir_host::GuestWritable::AllRam,
     }
 }
 
