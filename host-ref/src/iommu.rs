@@ -302,8 +302,9 @@ impl RemappingVendor for AmdVi {
         IrteTableId::Device(device.requester_id)
     }
 
-    /// Address `0xFEE0_0000` (bit 2 set when the IOMMU wants DM), high 0, data = first index
-    /// (VIR-FMT-H-005, VIR-FMT-H-007).
+    /// Address `0xFEE0_0000` (bit 2 set when the IOMMU wants DM, and always from index
+    /// [`AmdMsi::FIRST_DM_INDEX`] on, where data bits 10:8 would otherwise read as a message
+    /// type), high 0, data = first index (VIR-FMT-H-005, VIR-FMT-H-007).
     fn message(&self, base: u32) -> Result<MsiMessage, VendorError> {
         let index = u16::try_from(base)
             .ok()
@@ -311,7 +312,7 @@ impl RemappingVendor for AmdVi {
             .ok_or(VendorError::AmdIndex(base))?;
         AmdMsi {
             index,
-            address_dm: self.0.address_dm,
+            address_dm: self.0.address_dm || index >= AmdMsi::FIRST_DM_INDEX,
         }
         .encode()
         .map_err(|_| VendorError::AmdIndex(base))

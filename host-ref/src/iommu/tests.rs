@@ -96,7 +96,10 @@ fn vir_fmt_h_005_amd_message_is_the_first_index() {
     assert_eq!(v.message_format(), MessageFormat::AMD_VI);
     assert_eq!(v.max_table_entries(), AMD_MAX_TABLE_ENTRIES);
     assert_eq!(v.message(0), Ok(MsiMessage::new(0xFEE0_0000, 0, 0)));
-    assert_eq!(v.message(0x7FF), Ok(MsiMessage::new(0xFEE0_0000, 0, 0x7FF)));
+    assert_eq!(v.message(0x1FF), Ok(MsiMessage::new(0xFEE0_0000, 0, 0x1FF)));
+    // From index 0x200 on the host sets DM whatever the configuration (VIR-FMT-H-005).
+    assert_eq!(v.message(0x200), Ok(MsiMessage::new(0xFEE0_0004, 0, 0x200)));
+    assert_eq!(v.message(0x7FF), Ok(MsiMessage::new(0xFEE0_0004, 0, 0x7FF)));
     assert_eq!(v.message(0x800), Err(VendorError::AmdIndex(0x800)));
     let dm = IommuKind::AmdVi(AmdViConfig {
         irte_format: AmdIrteFormat::Bits128,
